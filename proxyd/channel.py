@@ -1,0 +1,474 @@
+# -*- test-case-name: tests.unit.test_channel -*-
+"""
+ProxyChannel: one client connection.  It reads requests (pipelined ones wait
+their turn), applies the client-side policy (address allow-list, proxy
+authentication), and hands each request to an L{HttpExchange}, a L{Tunnel}
+or proxyd's own pages.  It owns the connection's timers: the head timeout
+(slowloris), the keep-alive idle timeout, and the idle timeout of an exchange
+or tunnel in flight.
+"""
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from proxyd import h1
+from proxyd.connect import UpstreamConnector
+from proxyd.errors import ProxyError, errorResponse
+from proxyd.exchange import HttpExchange, _Pauser, parseAbsoluteURL
+from proxyd.selfpages import renderPage, selfPage
+from proxyd.tunnel import Tunnel, parseConnectTarget
+from proxyd.upstream import UpstreamPool
+
+# Reading from the client stops while this many request bytes wait in the
+# reader's queue (pipelined requests, or a body waiting for its upstream).
+QUEUE_LIMIT = 65536
+
+# After an error response, unread request bytes are drained this long before
+# the close, so the client reads the response instead of a reset.
+LINGER = 2.0
+
+HEAD, BUSY, IDLE, TUNNEL, CLOSING = range(5)
+
+
+@implementer(IHalfCloseableProtocol)
+class ProxyChannel(Protocol):
+    """One client connection to the proxy."""
+
+    _log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.config = factory.config
+        self.clock = factory.clock
+        self.pool = factory.pool
+        self.connector = factory.connector
+        self.bodyProducer = _Pauser(self._pauseForUpstream, self._resumeForUpstream)
+        self.reader = h1.RequestReader(self, self.config.maxHeaderSize)
+        self.exchange = None  # HttpExchange or Tunnel in flight
+        self.relay = None
+        self.state = HEAD
+        self.closing = False
+        self.clientEOF = False
+        self.upstreamAddress = None
+        self.requestHead = None
+        self.startTime = 0.0
+        self.lastActivity = 0.0
+        self.deadline = 0.0
+        self._timer = None
+        self._pauses = set()
+        self._headBytes = 0
+
+    # Connection
+
+    def connectionMade(self):
+        self.factory.connectionOpened(self)
+        peer = self.transport.getPeer()
+        self.client = getattr(peer, "host", None) or "unix"
+        self.allowed = self.factory.clientPolicy.allows(self.client) if hasattr(peer, "host") else True
+        now = self.clock.seconds()
+        self.lastActivity = now
+        self._setDeadline(HEAD, now + self.config.headerTimeout)
+
+    def dataReceived(self, data):
+        if self.relay is not None:
+            self.relay.fromClient(data)
+            return
+        now = self.clock.seconds()
+        self.lastActivity = now
+        if self.state == IDLE:
+            self._setDeadline(HEAD, now + self.config.headerTimeout)
+        elif self.state == CLOSING:
+            return  # lingering close: discard
+        reader = self.reader
+        reader.feed(data)
+        if reader.queuedBytes > QUEUE_LIMIT:
+            self._pauseReading("queue")
+
+    def readConnectionLost(self):
+        """The client shut its write half (or closed)."""
+        self.clientEOF = True
+        if self.relay is not None:
+            self.relay.clientEOF()
+            return
+        exchange = self.exchange
+        if exchange is None or self.state == CLOSING:
+            self.transport.loseConnection()
+        elif isinstance(exchange, HttpExchange) and not exchange.requestDone and self.reader.events == []:
+            self._log.info("Client {client} closed mid-request", client=self.client)
+            exchange.fail(400, "request body truncated by the client")
+        # Otherwise the response is still coming: send it, then close.
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason=ConnectionDone()):
+        self.factory.connectionClosed(self)
+        self.state = CLOSING
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.relay is not None:
+            self.relay.clientLost(reason)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            if not exchange.done:
+                self._log.info(
+                    "Client {client} went away during {target}: {why}",
+                    client=self.client,
+                    target=self._targetOf(exchange),
+                    why=reason.getErrorMessage(),
+                )
+            exchange.clientLost()
+            self._logAccess(exchange)
+
+    # Reading control
+
+    def _pauseReading(self, why):
+        if not self._pauses:
+            self.transport.pauseProducing()
+        self._pauses.add(why)
+
+    def _resumeReading(self, why):
+        if why in self._pauses:
+            self._pauses.discard(why)
+            if not self._pauses and self.state != CLOSING:
+                self.transport.resumeProducing()
+
+    def _pauseForUpstream(self):
+        self._pauseReading("upstream")
+
+    def _resumeForUpstream(self):
+        self._resumeReading("upstream")
+
+    def holdRequest(self):
+        """Queue the rest of this request until an upstream is ready."""
+        self.reader.pause()
+
+    def releaseRequest(self):
+        """Let the queued request body flow to the exchange."""
+        self.reader.resume()
+        if self.reader.queuedBytes <= QUEUE_LIMIT:
+            self._resumeReading("queue")
+
+    # Requests
+
+    def messageEvent(self, kind, value):
+        if kind == h1.BODY:
+            exchange = self.exchange
+            if exchange is not None and not exchange.done:
+                exchange.requestBody(value)
+        elif kind == h1.HEAD:
+            self._requestHead(value)
+        elif kind == h1.END:
+            exchange = self.exchange
+            self.reader.pause()  # the next pipelined request waits
+            if exchange is not None and isinstance(exchange, HttpExchange):
+                exchange.requestEnd()
+        elif kind == h1.ERROR:
+            self._badRequest(value)
+        # UPGRADE and RAW stay queued for startRelay, or are dropped.
+
+    def _requestHead(self, head):
+        now = self.clock.seconds()
+        self.requestHead = head
+        self.startTime = now
+        self.upstreamAddress = None
+        self._setDeadline(BUSY, now + self.config.idleTimeout)
+        self.holdRequest()
+        try:
+            if not self.allowed:
+                self._log.info("Refused client {client}: not in --allow", client=self.client)
+                raise ProxyError(403, "client address {} is not allowed to use this proxy".format(self.client))
+            if head.method == b"CONNECT":
+                host, port = parseConnectTarget(head.target)
+                work = Tunnel(self, host, port)
+            elif head.target[:1] == b"/" or head.target == b"*":
+                self._servePage(head)
+                return
+            else:
+                host, port, path, hostHeader = parseAbsoluteURL(head.target)
+                work = HttpExchange(self, head, host, port, path, hostHeader)
+        except ProxyError as e:
+            self.sendError(e.status, e.reason, None)
+            return
+        self.exchange = work
+        auth = self.config.proxyAuth
+        if auth is None:
+            self._begin(work)
+            return
+        credentials = None
+        for name, value in head.headers:
+            if name.lower() == b"proxy-authorization":
+                credentials = value
+        auth.verify(credentials).addCallbacks(self._authorized, self._authFailed, (work,), None, (work,))
+
+    def _authorized(self, ok, work):
+        if work.done or self.exchange is not work:
+            return
+        if not ok:
+            self._log.info("Proxy authentication failed for {client}", client=self.client)
+            self.sendError(
+                407,
+                "proxy authentication required",
+                work,
+                ((b"Proxy-Authenticate", self.config.proxyAuth.challenge),),
+            )
+            return
+        self._begin(work)
+
+    def _authFailed(self, failure, work):
+        self._log.failure("Checking proxy credentials failed", failure)
+        self.sendError(500, "could not check proxy credentials", work)
+
+    def _begin(self, work):
+        try:
+            work.start()
+        except ProxyError as e:
+            work.done = True
+            work.status = e.status
+            self.sendError(e.status, e.reason, work)
+
+    def _servePage(self, head):
+        status, text = selfPage(head.target, self.config.mode)
+        keepAlive = head.keepAlive and head.framing == h1.NO_BODY
+        self.transport.write(renderPage(status, text, keepAlive))
+        self._logAccess(None, status=status)
+        if keepAlive:
+            self._idle()
+        else:
+            self._close()
+
+    def _badRequest(self, error):
+        self._log.info("Bad request from {client}: {reason}", client=self.client, reason=error.reason)
+        exchange = self.exchange
+        if exchange is not None and not exchange.done:
+            if isinstance(exchange, HttpExchange):
+                exchange.fail(error.status, error.reason)
+            return
+        self.sendError(error.status, error.reason, None)
+
+    # Responses and endings
+
+    def sendError(self, status, reason, work, extraHeaders=()):
+        """Answer with proxyd's own error and close the connection."""
+        if self.state == CLOSING:
+            return
+        if work is not None:
+            work.done = True
+            work.status = status
+        data = errorResponse(status, reason, True, extraHeaders)
+        self.transport.write(data)
+        if work is not None:
+            work.bytesOut = getattr(work, "bytesOut", 0) + len(data)
+            self._logAccess(work)
+        else:
+            self._logAccess(None, status=status, bytesOut=len(data))
+        self.exchange = None
+        self._lingeringClose()
+
+    def exchangeDone(self, exchange, closeClient):
+        """An exchange ended cleanly; take the next request or close."""
+        self._resumeReading("upstream")
+        self._logAccess(exchange)
+        self.exchange = None
+        if closeClient or self.closing:
+            self._close()
+        else:
+            self._idle()
+
+    def abortExchange(self, exchange):
+        """The response cannot be completed: never pretend it was."""
+        self._logAccess(exchange)
+        self.exchange = None
+        self.state = CLOSING
+        self.transport.abortConnection()
+
+    def _idle(self):
+        now = self.clock.seconds()
+        self._setDeadline(IDLE, now + self.config.idleTimeout)
+        self.reader.resume()
+        if self.reader.queuedBytes <= QUEUE_LIMIT:
+            self._resumeReading("queue")
+        if self.clientEOF and self.exchange is None and self.state == IDLE:
+            # The client half-closed and every request it sent is answered.
+            self._close()
+
+    def _close(self):
+        self.state = CLOSING
+        self.transport.loseConnection()
+
+    def _lingeringClose(self):
+        self.state = CLOSING
+        self._pauses.clear()
+        if self.clientEOF or not hasattr(self.transport, "loseWriteConnection"):
+            self.transport.loseConnection()
+            return
+        self.transport.resumeProducing()
+        self.transport.loseWriteConnection()
+        self._setDeadline(CLOSING, self.clock.seconds() + LINGER)
+
+    # Relay (CONNECT tunnels and upgrades)
+
+    def startRelay(self, relay, work):
+        """Switch this connection to a byte relay, with what the reader held."""
+        self.relay = relay
+        self.exchange = work
+        self._setDeadline(TUNNEL, self.clock.seconds() + self.config.idleTimeout)
+        pending = []
+        for kind, value in self.reader.events:
+            if kind in (h1.UPGRADE, h1.RAW):
+                pending.append(value)
+        self.reader.events = []
+        self.reader.queuedBytes = 0
+        self._pauses.clear()
+        relay.start(b"".join(pending))
+
+    def relayDone(self, relay):
+        work = self.exchange
+        if work is not None:
+            work.bytesIn = getattr(work, "bytesIn", 0) + relay.bytesUp
+            work.bytesOut = getattr(work, "bytesOut", 0) + relay.bytesDown
+            work.done = True
+            self._logAccess(work)
+            self.exchange = None
+        self.state = CLOSING
+
+    # Timers
+
+    def _setDeadline(self, state, deadline):
+        self.state = state
+        self.deadline = deadline
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(max(deadline - self.clock.seconds(), 0), self._timerFired)
+        elif timer.getTime() > deadline:
+            timer.reset(max(deadline - self.clock.seconds(), 0))
+
+    def _timerFired(self):
+        self._timer = None
+        now = self.clock.seconds()
+        state = self.state
+        deadline = self.deadline
+        if state == BUSY:
+            last = self.lastActivity
+            upstream = getattr(self.exchange, "upstream", None)
+            if upstream is not None and upstream.lastActivity > last:
+                last = upstream.lastActivity
+            deadline = max(deadline, last + self.config.idleTimeout)
+        elif state == TUNNEL and self.relay is not None:
+            deadline = self.relay.lastActivity + self.config.idleTimeout
+        if now < deadline:
+            self._timer = self.clock.callLater(deadline - now, self._timerFired)
+            return
+        self._timedOut(state)
+
+    def _timedOut(self, state):
+        if state == HEAD:
+            self._log.info("Client {client} sent no complete request head within {t:g}s; closing", client=self.client, t=self.config.headerTimeout)
+            if self.reader.headBytes or self.reader.events:
+                self.sendError(408, "request head not received within {:g}s".format(self.config.headerTimeout), None)
+            else:
+                self._close()
+        elif state == IDLE:
+            self._close()
+        elif state == BUSY:
+            exchange = self.exchange
+            self._log.info("Upstream idle for {t:g}s during {target}", t=self.config.idleTimeout, target=self._targetOf(exchange))
+            if isinstance(exchange, HttpExchange):
+                exchange.fail(504, "upstream {}:{} did not answer within {:g}s".format(exchange.host, exchange.port, self.config.idleTimeout))
+            else:
+                self._close()
+        elif state == TUNNEL:
+            self._log.info("Tunnel {target} idle for {t:g}s; closing", target=self._targetOf(self.exchange), t=self.config.idleTimeout)
+            if self.relay is not None:
+                self.relay.abort()
+        else:
+            self.transport.abortConnection() if self._pauses else self.transport.loseConnection()
+
+    # Access log
+
+    def _targetOf(self, work):
+        if isinstance(work, Tunnel):
+            return work.target
+        head = self.requestHead
+        return head.target.decode("latin-1") if head is not None else "-"
+
+    def _logAccess(self, work, status=None, bytesOut=0):
+        log = self.factory.accessLog
+        if log is None:
+            return
+        head = self.requestHead
+        if work is not None and getattr(work, "logged", False):
+            return
+        if work is not None:
+            work.logged = True
+        log.write(
+            {
+                "client": self.client,
+                "method": head.method.decode("latin-1") if head is not None else "-",
+                "target": self._targetOf(work),
+                "status": status if status is not None else (getattr(work, "status", None) or 0),
+                "bytesIn": getattr(work, "bytesIn", 0),
+                "bytesOut": getattr(work, "bytesOut", bytesOut) or bytesOut,
+                "duration": round(self.clock.seconds() - self.startTime, 6),
+                "upstream": self.upstreamAddress,
+            }
+        )
+
+
+class _Refuse(Protocol):
+    """Over --max-connections: a short 503, then close."""
+
+    def connectionMade(self):
+        self.transport.write(errorResponse(503, "too many connections; try again later"))
+        self.transport.loseConnection()
+
+
+class ProxyFactory(Factory):
+    noisy = False
+    """
+    Builds a L{ProxyChannel} per client connection and holds what they share:
+    configuration, the upstream pool and connector, the access log.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config, reactor, accessLog=None):
+        from proxyd.policy import ClientPolicy
+
+        self.config = config
+        self.clock = reactor
+        self.reactor = reactor
+        self.accessLog = accessLog
+        self.clientPolicy = ClientPolicy(config.allow)
+        self.connector = UpstreamConnector(reactor, config.addressPolicy, config.connectTimeout)
+        self.pool = UpstreamPool(
+            reactor,
+            self.connector,
+            maxHeadSize=config.maxHeaderSize,
+            idleTimeout=min(config.idleTimeout, 60.0),
+        )
+        self.channels = set()
+        self._saturated = False
+
+    def buildProtocol(self, addr):
+        if len(self.channels) >= self.config.maxConnections:
+            if not self._saturated:
+                self._saturated = True
+                self._log.warn("--max-connections {n} reached; refusing new connections", n=self.config.maxConnections)
+            return _Refuse()
+        self._saturated = False
+        return ProxyChannel(self)
+
+    def connectionOpened(self, channel):
+        self.channels.add(channel)
+
+    def connectionClosed(self, channel):
+        self.channels.discard(channel)
+
+    def doStop(self):
+        self.pool.closeAll()

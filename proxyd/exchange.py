@@ -1,0 +1,377 @@
+# -*- test-case-name: tests.unit.test_exchange -*-
+"""
+One proxied HTTP exchange: a request head from the client, an upstream
+connection from the pool, the request body streamed up, the response
+streamed down, then the connection back to the pool (or closed).
+
+Bodies are never held: each chunk is written to the other side as it
+arrives, and the writing side's transport pauses the reading side's
+(registerProducer(..., streaming=True)) when its buffer is full.
+"""
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from proxyd import h1
+from proxyd.errors import ProxyError, statusPhrase
+from proxyd.headers import addVia, endToEnd
+from proxyd.relay import Relay
+
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
+
+
+def splitAuthority(authority, defaultPort):
+    """
+    C{host[:port]} or C{[v6]:port} to (host str, port int).
+
+    @raise ProxyError: 400 on anything else.
+    """
+    try:
+        text = authority.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProxyError(400, "bad host in request target")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ProxyError(400, "bad IPv6 address in request target")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ProxyError(400, "bad port in request target")
+        port = rest[1:] if rest else ""
+        if not host or not all(c in "0123456789abcdefABCDEF:." for c in host):
+            raise ProxyError(400, "bad IPv6 address in request target")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, ""
+    if port == "":
+        if defaultPort is None:
+            raise ProxyError(400, "no port in request target")
+        port = defaultPort
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProxyError(400, "bad port in request target")
+    port = int(port)
+    if not host or not all(c.isalnum() or c in "-._:" for c in host):
+        raise ProxyError(400, "bad host in request target")
+    return host.lower(), port
+
+
+def parseAbsoluteURL(target):
+    """
+    Split an absolute-form http:// target into (host, port, origin-form path,
+    Host header value).
+    """
+    if target[:7].lower() != b"http://":
+        if target[:8].lower() == b"https://":
+            raise ProxyError(400, "https:// URLs are fetched through CONNECT, not as plain requests")
+        raise ProxyError(400, "request target is not an absolute http:// URL")
+    rest = target[7:]
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    if b"@" in authority:
+        raise ProxyError(400, "user information in the URL is not allowed")
+    host, port = splitAuthority(authority, 80)
+    hashAt = path.find(b"#")
+    if hashAt >= 0:
+        path = path[:hashAt]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    hostHeader = host.encode("ascii")
+    if ":" in host:
+        hostHeader = b"[" + hostHeader + b"]"
+    if port != 80:
+        hostHeader += b":%d" % (port,)
+    return host, port, path, hostHeader
+
+
+@implementer(IPushProducer)
+class _Pauser:
+    """A streaming producer that pauses one side of the channel."""
+
+    def __init__(self, pause, resume):
+        self.pauseProducing = pause
+        self.resumeProducing = resume
+
+    def stopProducing(self):
+        pass
+
+
+class HttpExchange:
+    """
+    Relays one request and its response.  The channel creates it from the
+    request head, feeds it the request body events, and is told by
+    C{channel.exchangeDone(exchange, closeClient)} when it is over.
+    """
+
+    _log = Logger()
+
+    def __init__(self, channel, head, host, port, path, hostHeader):
+        self.channel = channel
+        self.clock = channel.clock
+        self.head = head
+        self.host = host
+        self.port = port
+        self.path = path
+        self.hostHeader = hostHeader
+        self.key = (host, port)
+        self.upstream = None
+        self.connecting = None
+        self.retried = False
+        self.requestDone = False
+        self.requestBodySent = 0
+        self.responseHead = None
+        self.responseStarted = False
+        self.done = False
+        self.rechunk = False
+        self.closeClient = not head.keepAlive
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.status = None
+        self.upgrading = False
+        self.relay = None
+
+    # Upstream connection
+
+    def start(self):
+        conn = self.channel.pool.take(self.key)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self._connect()
+
+    def _connect(self):
+        self.connecting = self.channel.pool.connect(self.key)
+        self.connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, conn):
+        self.connecting = None
+        if self.done:
+            conn.transport.loseConnection()
+            return
+        self._attach(conn)
+
+    def _connectFailed(self, failure):
+        self.connecting = None
+        if self.done:
+            return
+        if failure.check(ProxyError):
+            self.fail(failure.value.status, failure.value.reason)
+        else:
+            self._log.failure("Connecting to {host}:{port} failed", failure, host=self.host, port=self.port)
+            self.fail(502, "cannot connect to upstream: {}".format(failure.getErrorMessage()))
+
+    def _attach(self, conn):
+        self.upstream = conn
+        self.channel.upstreamAddress = conn.peer
+        head = self.head
+        upgrade = head.method == b"GET" and any(n.lower() == b"upgrade" for n, _ in head.headers)
+        self.upgrading = upgrade
+        headers = endToEnd(head.headers, keepUpgrade=upgrade)
+        headers = [(n, v) for (n, v) in headers if n.lower() != b"host"]
+        headers.insert(0, (b"Host", self.hostHeader))
+        addVia(headers, head.version)
+        data = h1.serializeHead(head.method + b" " + self.path + b" HTTP/1.1", headers)
+        self.bytesIn += len(data)
+        conn.begin(self, data, head.method == b"HEAD")
+        if head.framing != h1.NO_BODY and not self.requestDone:
+            conn.transport.registerProducer(self.channel.bodyProducer, True)
+        self.channel.releaseRequest()
+
+    # Request body, from the channel
+
+    def requestBody(self, data):
+        if self.responseStarted and self.done:
+            return
+        self.requestBodySent += len(data)
+        self.bytesIn += len(data)
+        if self.head.framing == h1.CHUNKED:
+            self.upstream.transport.write(h1.chunk(data))
+        else:
+            self.upstream.transport.write(data)
+
+    def requestEnd(self):
+        self.requestDone = True
+        if self.upstream is None or self.done:
+            return
+        if self.head.framing != h1.NO_BODY:
+            if self.head.framing == h1.CHUNKED:
+                self.upstream.transport.write(h1.LAST_CHUNK)
+            self.upstream.transport.unregisterProducer()
+
+    # Response, from the upstream connection
+
+    def upstreamEvent(self, kind, value):
+        if kind == h1.BODY:
+            self.bytesOut += len(value)
+            if self.rechunk:
+                self.channel.transport.write(h1.chunk(value))
+            else:
+                self.channel.transport.write(value)
+        elif kind == h1.HEAD:
+            self._responseHead(value)
+        elif kind == h1.END:
+            self._responseEnd()
+        elif kind == h1.INFO:
+            self._informational(value)
+        elif kind == h1.UPGRADE:
+            self._upgraded(value)
+        elif kind == h1.ERROR:
+            self._upstreamBroken(value.reason)
+
+    def _informational(self, head):
+        if self.head.version != b"1.1":
+            return
+        headers = addVia(endToEnd(head.headers))
+        data = h1.serializeHead(b"HTTP/1.1 %d %s" % (head.status, head.reason or statusPhrase(head.status)), headers)
+        self.bytesOut += len(data)
+        self.channel.transport.write(data)
+
+    def _responseHead(self, head):
+        self.responseHead = head
+        self.responseStarted = True
+        self.status = head.status
+        clientVersion = self.head.version
+        if head.status == 101:
+            if not self.upgrading:
+                self._upstreamBroken("upstream switched protocols without being asked")
+                return
+            headers = endToEnd(head.headers, keepUpgrade=True)
+        else:
+            framing = head.framing
+            keepFraming = framing in (h1.NO_BODY, h1.LENGTH)
+            headers = endToEnd(head.headers, keepFraming=keepFraming)
+            if not keepFraming:
+                if clientVersion == b"1.1":
+                    self.rechunk = True
+                    headers.append((b"Transfer-Encoding", b"chunked"))
+                else:
+                    self.closeClient = True
+            if not self.requestDone or self.upgrading:
+                # The origin answered before the body was all sent (or
+                # refused an upgrade): the client connection cannot be
+                # reused safely.
+                self.closeClient = True
+            if self.channel.closing:
+                self.closeClient = True
+            if self.closeClient:
+                headers.append((b"Connection", b"close"))
+            elif clientVersion != b"1.1":
+                headers.append((b"Connection", b"keep-alive"))
+        addVia(headers, head.version)
+        data = h1.serializeHead(b"HTTP/1.1 %d %s" % (head.status, head.reason or statusPhrase(head.status)), headers)
+        self.bytesOut += len(data)
+        transport = self.channel.transport
+        transport.write(data)
+        if head.framing != h1.NO_BODY:
+            transport.registerProducer(self.upstream.transport, True)
+
+    def _responseEnd(self):
+        if self.rechunk:
+            self.channel.transport.write(h1.LAST_CHUNK)
+        if self.responseHead.framing != h1.NO_BODY:
+            self.channel.transport.unregisterProducer()
+        conn = self.upstream
+        if self.responseHead.keepAlive and self.requestDone and conn.connected:
+            self.channel.pool.release(conn)
+        else:
+            conn.detach()
+            conn.transport.loseConnection()
+        self.upstream = None
+        self._finish()
+
+    def _upgraded(self, rest):
+        """101 Switching Protocols: the two connections become a byte relay."""
+        conn = self.upstream
+        conn.detach()
+        self.upstream = None
+        self.done = True
+        relay = Relay(self.clock, self.channel, conn, self.channel.relayDone)
+        conn.relay = relay
+        self.channel.startRelay(relay, self)
+        if rest:
+            relay.fromUpstream(rest)
+
+    def _upstreamBroken(self, reason):
+        self._log.info("Bad response from upstream {host}:{port}: {reason}", host=self.host, port=self.port, reason=reason)
+        conn = self.upstream
+        if conn is not None:
+            conn.detach()
+            conn.transport.abortConnection()
+            self.upstream = None
+        if self.responseStarted:
+            self._abortClient()
+        else:
+            self.fail(502, "bad response from upstream: {}".format(reason))
+
+    def upstreamLost(self, reason, conn):
+        """The upstream connection closed before the response ended."""
+        if self.done or conn is not self.upstream:
+            return
+        conn.detach()
+        self.upstream = None
+        if self.responseStarted:
+            self._log.info(
+                "Upstream {host}:{port} closed mid-response; aborting the client connection",
+                host=self.host,
+                port=self.port,
+            )
+            self._abortClient()
+            return
+        if (
+            conn.reused
+            and not self.retried
+            and conn.responseBytes == 0
+            and self.requestBodySent == 0
+            and self.head.method in IDEMPOTENT
+        ):
+            # A pooled connection the origin had closed: try once more.
+            self.retried = True
+            self._connect()
+            return
+        why = "upstream closed the connection" if reason.check(ConnectionDone) else reason.getErrorMessage()
+        self.fail(502, "{} before responding ({}:{})".format(why, self.host, self.port))
+
+    # Ending
+
+    def fail(self, status, reason):
+        """Answer the client with proxyd's own error, if it is not too late."""
+        if self.done:
+            return
+        if self.responseStarted:
+            self._abortClient()
+            return
+        self.status = status
+        self.closeClient = True
+        if self.upstream is not None:
+            self.upstream.detach()
+            self.upstream.transport.abortConnection()
+            self.upstream = None
+        self.channel.sendError(status, reason, self)
+
+    def _abortClient(self):
+        self.done = True
+        self.closeClient = True
+        self.channel.abortExchange(self)
+
+    def _finish(self):
+        self.done = True
+        self.channel.exchangeDone(self, self.closeClient)
+
+    def clientLost(self):
+        """The client went away; give up the upstream side."""
+        if self.done:
+            return
+        self.done = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+        conn = self.upstream
+        if conn is not None:
+            conn.detach()
+            conn.transport.abortConnection()
+            self.upstream = None

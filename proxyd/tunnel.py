@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.unit.test_tunnel -*-
+"""
+CONNECT: check the target against policy, open the upstream TCP connection,
+answer 200 only once it is up, then hand both connections to a L{Relay}.
+Bytes the client sent after the CONNECT head, before reading the 200, are
+kept and relayed first.
+"""
+
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from proxyd.errors import ProxyError
+from proxyd.exchange import splitAuthority
+from proxyd.relay import Relay, RelayPeer
+
+class _PeerFactory(Factory):
+    noisy = False
+    protocol = RelayPeer
+
+
+_peerFactory = _PeerFactory()
+
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\nVia: 1.1 proxyd\r\n\r\n"
+
+
+def parseConnectTarget(target):
+    """C{host:port} (names, IPv4, [IPv6]) of a CONNECT request."""
+    if b"/" in target or b"@" in target:
+        raise ProxyError(400, "CONNECT target must be host:port")
+    return splitAuthority(target, None)
+
+
+class Tunnel:
+    """
+    One CONNECT request, from its head to the end of the relay.
+
+    @ivar status: 200 once established, else the error status.
+    """
+
+    _log = Logger()
+
+    def __init__(self, channel, host, port):
+        self.channel = channel
+        self.host = host
+        self.port = port
+        self.connecting = None
+        self.relay = None
+        self.status = None
+        self.done = False
+
+    @property
+    def target(self):
+        return "[{}]:{}".format(self.host, self.port) if ":" in self.host else "{}:{}".format(self.host, self.port)
+
+    def start(self):
+        channel = self.channel
+        if self.port not in channel.config.connectPorts:
+            raise ProxyError(403, "CONNECT to port {} is not allowed (--connect-ports)".format(self.port))
+        self.connecting = channel.connector.connect(self.host, self.port, _peerFactory)
+        self.connecting.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, peer):
+        self.connecting = None
+        if self.done:
+            peer.transport.loseConnection()
+            return
+        self.status = 200
+        channel = self.channel
+        addr = peer.transport.getPeer()
+        channel.upstreamAddress = "[{}]:{}".format(addr.host, addr.port) if ":" in addr.host else "{}:{}".format(addr.host, addr.port)
+        channel.transport.write(ESTABLISHED)
+        self.relay = Relay(channel.clock, channel, peer, channel.relayDone)
+        peer.relay = self.relay
+        channel.startRelay(self.relay, self)
+
+    def _failed(self, failure):
+        self.connecting = None
+        if self.done:
+            return
+        self.done = True
+        if failure.check(ProxyError):
+            self.status = failure.value.status
+            self.channel.sendError(failure.value.status, failure.value.reason, self)
+        else:
+            self._log.failure("CONNECT to {target} failed", failure, target=self.target)
+            self.status = 502
+            self.channel.sendError(502, "cannot connect to {}".format(self.target), self)
+
+    def clientLost(self):
+        if self.done:
+            return
+        self.done = True
+        if self.connecting is not None:
+            self.connecting.cancel()

@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.unit.test_upstream -*-
+"""
+Upstream HTTP connections and the per-host:port pool of idle ones.
+
+An L{UpstreamProtocol} carries one exchange at a time: the exchange writes
+the request, the protocol parses the response and hands the events to the
+exchange.  Between exchanges it waits in the L{UpstreamPool}; an idle
+connection that the origin closes, or that says anything, is dropped.
+"""
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from proxyd.h1 import ResponseReader
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamProtocol(Protocol):
+    """
+    One connection to an origin.
+
+    @ivar exchange: the exchange using it, or None while idle.
+    @ivar reused: whether it served an exchange before this one.
+    @ivar responseBytes: bytes received for the current exchange.
+    @ivar relay: set once the connection was upgraded (101).
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool, key, maxHeadSize):
+        self.pool = pool
+        self.key = key
+        self.reader = ResponseReader(self, maxHeadSize)
+        self.exchange = None
+        self.reused = False
+        self.responseBytes = 0
+        self.relay = None
+        self.idleSince = None
+        self.lastActivity = 0.0
+        self.connected = False
+
+    def connectionMade(self):
+        self.connected = True
+        peer = self.transport.getPeer()
+        self.peer = "[{}]:{}".format(peer.host, peer.port) if ":" in peer.host else "{}:{}".format(peer.host, peer.port)
+
+    def begin(self, exchange, head, bodyless):
+        """Start an exchange: expect its response, then write its head."""
+        self.exchange = exchange
+        self.responseBytes = 0
+        self.idleSince = None
+        self.reader.expect(bodyless)
+        self.transport.write(head)
+
+    def dataReceived(self, data):
+        if self.relay is not None:
+            self.relay.fromUpstream(data)
+            return
+        if self.exchange is None:
+            self._log.info("Idle upstream {peer} sent {n} unexpected bytes; closing it", peer=self.peer, n=len(data))
+            self.transport.abortConnection()
+            return
+        self.responseBytes += len(data)
+        self.lastActivity = self.pool.clock.seconds()
+        self.reader.feed(data)
+
+    def messageEvent(self, kind, value):
+        self.exchange.upstreamEvent(kind, value)
+
+    def readConnectionLost(self):
+        if self.relay is not None:
+            self.relay.upstreamEOF()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason=ConnectionDone()):
+        self.connected = False
+        self.pool.lost(self)
+        if self.relay is not None:
+            self.relay.upstreamLost(reason)
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if self.reader.connectionLost():
+            # A close-delimited body ended (the END event went out), or the
+            # close came between messages.
+            if self.exchange is not None:
+                self.exchange.upstreamLost(reason, self)
+        else:
+            exchange.upstreamLost(reason, self)
+
+    def detach(self):
+        """The exchange is over; stop routing events to it."""
+        self.exchange = None
+        self.reused = True
+
+
+class _UpstreamFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool, key):
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr):
+        return UpstreamProtocol(self.pool, self.key, self.pool.maxHeadSize)
+
+
+class UpstreamPool:
+    """
+    Idle upstream connections, keyed by (host, port).
+
+    @ivar idleTimeout: seconds an idle connection is kept.
+    @ivar maxIdlePerKey: idle connections kept per key; more are closed.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock, connector, maxHeadSize=65536, idleTimeout=60.0, maxIdlePerKey=32):
+        self.clock = clock
+        self.connector = connector
+        self.maxHeadSize = maxHeadSize
+        self.idleTimeout = idleTimeout
+        self.maxIdlePerKey = maxIdlePerKey
+        self.idle = {}
+        self._sweeper = None
+
+    def take(self, key):
+        """An idle connection for C{key}, or None."""
+        conns = self.idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if conn.connected:
+                return conn
+        return None
+
+    def connect(self, key):
+        """Deferred firing with a new L{UpstreamProtocol} for C{key}."""
+        host, port = key
+        return self.connector.connect(host, port, _UpstreamFactory(self, key))
+
+    def release(self, conn):
+        """Keep C{conn} for a later exchange to the same host:port."""
+        conn.detach()
+        conns = self.idle.setdefault(conn.key, [])
+        if len(conns) >= self.maxIdlePerKey:
+            conn.transport.loseConnection()
+            return
+        conn.idleSince = self.clock.seconds()
+        conns.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.idleTimeout / 2.0, self._sweep)
+
+    def lost(self, conn):
+        conns = self.idle.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.idle[conn.key]
+
+    def _sweep(self):
+        self._sweeper = None
+        cutoff = self.clock.seconds() - self.idleTimeout
+        for key, conns in list(self.idle.items()):
+            for conn in [c for c in conns if c.idleSince is not None and c.idleSince <= cutoff]:
+                conns.remove(conn)
+                conn.transport.loseConnection()
+            if not conns:
+                del self.idle[key]
+        if self.idle:
+            self._sweeper = self.clock.callLater(self.idleTimeout / 2.0, self._sweep)
+
+    def closeAll(self):
+        """Close every idle connection (shutdown)."""
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        for conns in list(self.idle.values()):
+            for conn in conns:
+                conn.transport.loseConnection()
+        self.idle.clear()
