@@ -165,9 +165,10 @@ class ProxyChannel(Protocol):
             self._requestHead(value)
         elif kind == h1.END:
             exchange = self.exchange
-            self.reader.pause()  # the next pipelined request waits
-            if exchange is not None and isinstance(exchange, HttpExchange):
-                exchange.requestEnd()
+            if exchange is not None:
+                self.reader.pause()  # the next pipelined request waits its turn
+                if isinstance(exchange, HttpExchange):
+                    exchange.requestEnd()
         elif kind == h1.ERROR:
             self._badRequest(value)
         # UPGRADE and RAW stay queued for startRelay, or are dropped.

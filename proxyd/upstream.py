@@ -123,7 +123,7 @@ class UpstreamPool:
 
     _log = Logger()
 
-    def __init__(self, clock, connector, maxHeadSize=65536, idleTimeout=60.0, maxIdlePerKey=32):
+    def __init__(self, clock, connector, maxHeadSize=65536, idleTimeout=60.0, maxIdlePerKey=256):
         self.clock = clock
         self.connector = connector
         self.maxHeadSize = maxHeadSize
