@@ -354,6 +354,9 @@ class ResponseReader(_Reader):
         status = head.status
         if 100 <= status < 200:
             if status == 101:
+                # llhttp completes the message and then raises the upgrade;
+                # the UPGRADE event, not END, ends this exchange.
+                self._info = True
                 self._queue(HEAD, head)
                 return
             # llhttp ends a 1xx message by itself; it is not the final answer.

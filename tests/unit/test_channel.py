@@ -360,3 +360,40 @@ class ConnectTests(SynchronousTestCase):
         self.proxy.reactor.advance(idle)
         self.assertTrue(self.client.disconnecting)
         self.assertTrue(peerT.disconnecting)
+
+
+class UpgradeTests(SynchronousTestCase):
+    def test_websocketUpgradeBecomesRelay(self):
+        """
+        An Upgrade request keeps its Upgrade headers upstream; after 101 the
+        connection is a two-way byte relay, bytes after the 101 included.
+        """
+        proxy = FakeProxy()
+        channel, client = proxy.client()
+        channel.dataReceived(
+            b"GET http://127.0.0.1:8000/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n"
+        )
+        upstream, upT = proxy.acceptUpstream()
+        self.assertIn(b"Upgrade: websocket\r\n", upT.value())
+        self.assertIn(b"Connection: upgrade\r\n", upT.value())
+        upstream.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nFRAME1")
+        out = client.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), out)
+        self.assertIn(b"Upgrade: websocket", out)
+        self.assertTrue(out.endswith(b"FRAME1"))
+        upT.clear()
+        channel.dataReceived(b"CLIENTFRAME")
+        self.assertEqual(upT.value(), b"CLIENTFRAME")
+        upstream.dataReceived(b"FRAME2")
+        self.assertTrue(client.value().endswith(b"FRAME2"))
+
+    def test_refusedUpgradeClosesClient(self):
+        """A 200 to an Upgrade request is relayed and the client connection then closed."""
+        proxy = FakeProxy()
+        channel, client = proxy.client()
+        channel.dataReceived(b"GET http://127.0.0.1:8000/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        upstream, upT = proxy.acceptUpstream()
+        upstream.dataReceived(OK)
+        self.assertIn(b"Connection: close", client.value())
+        self.assertTrue(client.disconnecting)
