@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.unit.test_accesslog -*-
+"""
+The --access-log: one line per request or tunnel, as text or JSON.
+
+Kept apart from twisted.logger on purpose: access lines go to their own
+file (or to the real standard output, which twistd has redirected into its
+own log), and a full disk must never break a request.
+"""
+
+import json
+import sys
+import time
+
+from twisted.logger import Logger
+
+FIELDS = (
+    "client",
+    "method",
+    "target",
+    "status",
+    "bytesIn",
+    "bytesOut",
+    "duration",
+    "upstream",
+)
+
+
+class AccessLog:
+    """
+    Writes access records; see L{write} for their keys.
+    """
+
+    _log = Logger()
+
+    def __init__(self, stream, fmt="text", path=None, now=time.time):
+        """
+        @param stream: a text file, line-buffered.
+        @param path: where C{stream} came from, for L{reopen}; L{None} for
+            standard output.
+        @param now: clock for the timestamp.
+        """
+        if fmt not in ("text", "json"):
+            raise ValueError(f"unknown access log format {fmt!r}")
+        self._stream = stream
+        self._format = fmt
+        self._path = path
+        self._now = now
+        self._failing = False
+
+    @classmethod
+    def open(cls, path, fmt="text", now=time.time):
+        """
+        @param path: a file to append to, or C{"-"} for standard output.
+        @raise OSError: the file cannot be opened.
+        """
+        if path == "-":
+            # fd 1, not sys.stdout: twistd turns sys.stdout into log events.
+            stream = open(sys.__stdout__.fileno(), "w", buffering=1, closefd=False)
+            return cls(stream, fmt, None, now)
+        return cls(_openAppend(path), fmt, path, now)
+
+    def write(self, record):
+        """
+        @param record: C{client}, C{method}, C{target}, C{status},
+            C{bytesIn}, C{bytesOut}, C{duration} (seconds), C{upstream}
+            (C{"host:port"} or L{None}); missing keys are logged as C{-}.
+        """
+        line = self.format(record) + "\n"
+        try:
+            self._stream.write(line)
+        except (OSError, ValueError) as e:
+            if not self._failing:
+                self._failing = True
+                self._log.error(
+                    "Cannot write the access log {path}: {error}",
+                    path=self._path or "-",
+                    error=str(e),
+                )
+        else:
+            self._failing = False
+
+    def format(self, record):
+        """
+        One line for C{record}, without the newline.
+        """
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._now()))
+        values = {name: _text(record.get(name)) for name in FIELDS}
+        duration = record.get("duration")
+        if self._format == "json":
+            values["status"] = record.get("status")
+            values["bytesIn"] = record.get("bytesIn")
+            values["bytesOut"] = record.get("bytesOut")
+            values["duration"] = None if duration is None else round(duration, 6)
+            values["time"] = stamp
+            return json.dumps(values, separators=(",", ":"))
+        dur = "-" if duration is None else f"{duration:.3f}"
+        fields = {k: _escape(v) for k, v in values.items()}
+        return (
+            f'{stamp} {fields["client"]} "{fields["method"]} {fields["target"]}" '
+            f'{fields["status"]} in={fields["bytesIn"]} out={fields["bytesOut"]} '
+            f"dur={dur} upstream={fields['upstream']}"
+        )
+
+    def reopen(self):
+        """
+        Start a new file at the same path (after logrotate moved the old
+        one).  If the new one cannot be opened, keep writing the old one.
+        """
+        if self._path is None:
+            return
+        try:
+            stream = _openAppend(self._path)
+        except OSError as e:
+            self._log.error(
+                "Cannot reopen the access log {path}: {error}",
+                path=self._path,
+                error=str(e),
+            )
+            return
+        old, self._stream = self._stream, stream
+        self._failing = False
+        _quietClose(old)
+
+    def close(self):
+        _quietClose(self._stream)
+
+
+def _openAppend(path):
+    return open(path, "a", buffering=1, encoding="utf-8")
+
+
+def _quietClose(stream):
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+def _text(value):
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def _escape(value):
+    """
+    Make a client-supplied value safe for one space-separated line: no
+    spaces, quotes, control or non-ASCII characters survive unescaped.
+    """
+    if value is None or value == "":
+        return "-"
+    out = []
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif " " < c <= "~":
+            out.append(c)
+        elif ord(c) <= 0xFF:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    return "".join(out)

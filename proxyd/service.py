@@ -1,0 +1,178 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""
+The daemon's service tree: one L{ListenerService} per --listen under a
+L{ProxyService}.
+"""
+
+import signal
+import sys
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+
+class StartupError(SystemExit, Exception):
+    """
+    A start-up failure after twistd's logging has begun: exit status 1 and
+    no traceback.
+
+    It is a L{SystemExit} so that the interpreter exits quietly, and an
+    L{Exception} so that twistd still removes its pid file and passes the
+    message to the parent through the daemonising status pipe.  By now
+    twistd has turned C{sys.stderr} into log events, so whoever raises it
+    prints the line to the real stderr first (L{ListenerService} does).
+    """
+
+    def __init__(self, message):
+        SystemExit.__init__(self, 1)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint before privileges are dropped, like
+    L{twisted.application.internet.StreamServerEndpointService}, but a
+    failure stops start-up with one line instead of a logged traceback.
+
+    @ivar port: the L{IListeningPort} once listening, for a later drain.
+    """
+
+    _log = Logger()
+
+    def __init__(self, description, endpoint, factory, reactor, stderr=None):
+        """
+        @param stderr: where a start-up failure is printed; the process's
+            real stderr by default.
+        """
+        self.description = description
+        self._stderr = stderr
+        self.endpoint = endpoint
+        self.factory = factory
+        self._reactor = reactor
+        self.port = None
+        self._waiting = None
+        self._starting = False
+        self._failedNow = None
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        self._failedNow = None
+        self._starting = True
+        self._waiting = self.endpoint.listen(self.factory)
+        self._waiting.addBoth(self._settled)
+        self._starting = False
+        if self._failedNow is not None:
+            stderr = self._stderr or sys.__stderr__
+            stderr.write(self._failedNow + "\n")
+            stderr.flush()
+            raise StartupError(self._failedNow)
+
+    def _settled(self, result):
+        self._waiting = None
+        if not isinstance(result, Failure):
+            self.port = result
+            return None
+        if result.check(CancelledError):
+            return None
+        message = f"proxyd: --listen {self.description}: {_reason(result.value)}"
+        if self._starting:
+            self._failedNow = message
+        else:
+            # No stock endpoint settles late; if one does, still stop.
+            self._log.critical("{message}", message=message)
+            self._reactor.stop()
+        return None
+
+    def startService(self):
+        Service.startService(self)
+        if self.port is None and self._waiting is None:
+            self.privilegedStartService()
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def _reason(error):
+    """
+    C{"Address already in use"} rather than C{"Couldn't listen on ..."}.
+    """
+    if isinstance(error, CannotListenError):
+        socketError = error.socketError
+        return getattr(socketError, "strerror", None) or str(socketError)
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+class ProxyService(MultiService):
+    """
+    The root of proxyd's services: the listeners, and the access log closed
+    once they have stopped.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config, factory, reactor, accessLog=None, endpointFactory=None):
+        """
+        @param endpointFactory: C{(reactor, description) -> endpoint};
+            L{serverFromString} unless a test gives another.
+        """
+        MultiService.__init__(self)
+        self._reactor = reactor
+        if endpointFactory is None:
+            from twisted.internet.endpoints import serverFromString as endpointFactory
+        self.config = config
+        self.factory = factory
+        self.accessLog = accessLog
+        self.listeners = []
+        for description in config.listen:
+            listener = ListenerService(
+                description, endpointFactory(reactor, description), factory, reactor
+            )
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    @property
+    def ports(self):
+        """
+        The listening ports, once started.
+        """
+        return [listener.port for listener in self.listeners if listener.port]
+
+    def startService(self):
+        MultiService.startService(self)
+        self._reactor.addSystemEventTrigger("after", "startup", self._catchSigterm)
+
+    def _catchSigterm(self):
+        """
+        twistd re-raises the signal that stopped the reactor, so SIGTERM
+        would exit with -15; supervisors expect 0 for a clean stop (SPEC).
+        Only replaces a handler the reactor installed.
+        """
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return
+        signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _sigterm(self, signum, frame):
+        self._log.info("Received SIGTERM, shutting down.")
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def stopService(self):
+        d = MultiService.stopService(self)
+        if self.accessLog is not None:
+            d.addBoth(self._closeLog)
+        return d
+
+    def _closeLog(self, result):
+        self.accessLog.close()
+        return result

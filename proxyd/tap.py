@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""
+C{twistd proxyd}: the command line, and the service it builds.
+
+Options only collect; postOptions checks everything through
+L{proxyd.config} and turns a problem into one line on stderr and a
+non-zero exit (a UsageError would print the whole usage text); makeService
+only assembles, because anything it raises is a traceback.
+"""
+
+from twisted.python import usage
+
+from proxyd import config
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "HTTP(S) proxy daemon. Every option can also be set in the TOML file "
+        "given with --config (same names, without the dashes); the command "
+        "line wins."
+    )
+
+    optFlags = [
+        ["allow-private", None, "Let upstream connections reach loopback, "
+         "private and link-local addresses."],
+        ["deny-private", None, "Never let upstream connections reach loopback, "
+         "private or link-local addresses. [default: allowed while every "
+         "listener is loopback-only]"],
+    ]
+
+    # Defaults are None so that a value from --config can tell it was not
+    # given here; the real defaults live in proxyd.config.ProxyConfig.
+    optParameters = [
+        ["mode", None, None, "forward, mitm or reverse. [default: forward]"],
+        ["config", None, None, "TOML file with the same option names."],
+        ["proxy-auth", None, None, "USER:PASSWORD required in "
+         "Proxy-Authorization: Basic."],
+        ["proxy-auth-file", None, None, "File of user:password or htpasswd "
+         "bcrypt (user:$2y$...) lines."],
+        ["connect-ports", None, None, "Ports CONNECT may reach: 443,8443, "
+         "ranges like 1000-2000, or *. [default: 443]"],
+        ["access-log", None, None, "File for one line per request or tunnel; "
+         "- for stdout."],
+        ["log-format", None, None, "text or json, for the access log. "
+         "[default: text]"],
+        ["connect-timeout", None, None, "Seconds to connect upstream. "
+         "[default: 10]"],
+        ["idle-timeout", None, None, "Seconds a connection may sit idle. "
+         "[default: 300]"],
+        ["header-timeout", None, None, "Seconds to receive a request head. "
+         "[default: 30]"],
+        ["max-connections", None, None, "Concurrent client connections. "
+         "[default: 10000]"],
+        ["max-header-size", None, None, "Bytes of request or response head. "
+         "[default: 65536]"],
+    ]
+
+    def __init__(self, reactor=None):
+        """
+        @param reactor: for tests; the global reactor otherwise.
+        """
+        usage.Options.__init__(self)
+        self._reactor = reactor
+        self["listen"] = []
+        self["allow"] = []
+
+    def opt_listen(self, endpoint):
+        """Server endpoint string to listen on; repeatable. [default: tcp:8080:interface=127.0.0.1]"""  # noqa: E501
+        self["listen"].append(endpoint)
+
+    def opt_allow(self, cidr):
+        """Client network (CIDR) allowed to use the proxy; repeatable. [default: loopback only]"""  # noqa: E501
+        self["allow"].append(cidr)
+
+    def postOptions(self):
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        try:
+            self["proxyConfig"] = config.fromOptions(self, reactor)
+        except config.ConfigError as e:
+            raise SystemExit(f"proxyd: {e}")
+
+
+def makeService(options):
+    """
+    Assemble the checked configuration into a L{ProxyService}.
+    """
+    from twisted.internet import reactor
+
+    from proxyd.accesslog import AccessLog
+    from proxyd.channel import ProxyFactory
+    from proxyd.service import ProxyService
+
+    proxyConfig = options["proxyConfig"]
+    accessLog = None
+    if proxyConfig.accessLog is not None:
+        accessLog = AccessLog.open(proxyConfig.accessLog, proxyConfig.logFormat)
+    factory = ProxyFactory(proxyConfig, reactor, accessLog)
+    return ProxyService(proxyConfig, factory, reactor, accessLog)
