@@ -110,7 +110,9 @@ class UpstreamConnector:
         d = endpoint.connect(factory)
 
         def failed(failure):
-            if len(addresses) > 1 and not failure.check(error.TimeoutError, defer.CancelledError):
+            if failure.check(defer.CancelledError, error.ConnectingCancelledError):
+                return failure
+            if len(addresses) > 1 and not failure.check(error.TimeoutError):
                 return self._tryAddresses(host, port, addresses[1:], factory, start)
             raise _connectError(failure, host, ip, port, self.connectTimeout)
 

@@ -172,9 +172,14 @@ class HttpExchange:
         head = self.head
         upgrade = head.method == b"GET" and any(n.lower() == b"upgrade" for n, _ in head.headers)
         self.upgrading = upgrade
-        headers = endToEnd(head.headers, keepUpgrade=upgrade)
+        headers = endToEnd(head.headers, keepUpgrade=upgrade, keepFraming=False)
         headers = [(n, v) for (n, v) in headers if n.lower() != b"host"]
         headers.insert(0, (b"Host", self.hostHeader))
+        # proxyd states the body's framing itself, from what it parsed.
+        if head.framing == h1.LENGTH:
+            headers.append((b"Content-Length", b"%d" % (head.length,)))
+        elif head.framing == h1.CHUNKED:
+            headers.append((b"Transfer-Encoding", b"chunked"))
         addVia(headers, head.version)
         data = h1.serializeHead(head.method + b" " + self.path + b" HTTP/1.1", headers)
         self.bytesIn += len(data)
@@ -277,7 +282,7 @@ class HttpExchange:
         if self.responseHead.framing != h1.NO_BODY:
             self.channel.transport.unregisterProducer()
         conn = self.upstream
-        if self.responseHead.keepAlive and self.requestDone and conn.connected:
+        if self.responseHead.keepAlive and self.requestDone and conn.connected and not conn.reader.dirty:
             self.channel.pool.release(conn)
         else:
             conn.detach()

@@ -101,13 +101,22 @@ def _keepAlive(version, tokens):
     return b"keep-alive" in tokens and b"close" not in tokens
 
 
+class _StopMessage(Exception):
+    """
+    Raised inside an llhttp callback to stop parsing: C{args} is (status,
+    reason) for an error, or (None, None) to end a bodyless response.
+    """
+
+
 class _Reader:
     """
     Common machinery: the event queue, pausing, and the head-size bound.
 
-    The head-size bound is enforced on raw bytes before llhttp sees them, so a
-    head that never ends cannot grow memory: while a head is being read, at
-    most C{maxHeadSize} bytes are fed before the head must be complete.
+    The bound is counted per message from what llhttp reports (request
+    line, status line, each header), so pipelined messages are each judged
+    on their own.  Memory for a line that never ends is bounded too: bytes
+    fed while a head makes no progress are counted as a stall, and a stall
+    past the bound ends the message.
     """
 
     def __init__(self, maxHeadSize):
@@ -117,61 +126,84 @@ class _Reader:
         self.queuedBytes = 0
         self.inHead = True
         self.headBytes = 0
+        self.stall = 0
         self.done = False  # after UPGRADE or ERROR the parser is finished
+        self.failed = False
+        self.upgraded = False
         self._headers = []
-        self._url = b""
 
     def pause(self):
         """Stop dispatching; events queue up until L{resume}."""
         self.paused = True
 
+    def resume(self):
+        self.paused = False
+        self.dispatch()
+
     def feed(self, data):
         """Parse C{data}; dispatch the events unless paused."""
+        if self.failed:
+            return
         if self.done:
-            if self.events and self.events[-1][0] == ERROR:
-                return
             self._queue(RAW, data)
         else:
-            self._feedParser(data)
+            if self.inHead:
+                self.stall += len(data)
+            if self._parse(data) and self.inHead and self.stall > self.maxHeadSize:
+                self._tooLarge()
         if not self.paused:
             self.dispatch()
 
-    def _feedParser(self, data):
-        while data:
-            if self.inHead:
-                room = self.maxHeadSize - self.headBytes
-                if len(data) > room:
-                    part, data = data[:room], data[room:]
-                    self.headBytes += len(part)
-                    if not self._parse(part):
-                        return
-                    if self.inHead:
-                        self._tooLarge()
-                        return
-                    continue
-                self.headBytes += len(data)
-            self._parse(data)
-            return
-
     def _parse(self, data):
-        """Feed llhttp; return False once the message or the parser ended."""
+        """Feed llhttp; return False once the parser has ended."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+            return False
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            if isinstance(ctx, _StopMessage):
+                status, reason = ctx.args
+                if status is None:
+                    self._bodylessEnd(data)
+                else:
+                    self._fail(status, reason)
+            else:
+                self._fail(self._badStatus, "malformed message: {}".format(ctx or e))
+            return False
+        except httptools.HttpParserError as e:
+            self._fail(self._badStatus, self._malformed.format(e))
+            return False
+        return True
+
+    def _upgraded(self, rest):
+        self.done = True
+        self.upgraded = True
+        self._queue(UPGRADE, rest)
+
+    def _bodylessEnd(self, data):
         raise NotImplementedError()
 
     def _tooLarge(self):
-        raise NotImplementedError()
+        self._fail(self._tooLargeStatus, self._tooLargeReason.format(self.maxHeadSize))
+
+    def _countHead(self, n):
+        """Account C{n} bytes of head; raise to stop an oversized one."""
+        self.stall = max(self.stall - n, 0)
+        self.headBytes += n
+        if self.headBytes > self.maxHeadSize:
+            raise _StopMessage(self._tooLargeStatus, self._tooLargeReason.format(self.maxHeadSize))
 
     def _fail(self, status, reason):
         self.done = True
+        self.failed = True
         self._queue(ERROR, ProtocolError(status, reason))
 
     def _queue(self, kind, value):
         if kind == BODY or kind == RAW:
             self.queuedBytes += len(value)
         self.events.append((kind, value))
-
-    def resume(self):
-        self.paused = False
-        self.dispatch()
 
     def dispatch(self):
         """Hand queued events to the sink until it pauses us."""
@@ -185,14 +217,13 @@ class _Reader:
     # llhttp callbacks shared by both directions
 
     def on_message_begin(self):
-        # headBytes is not reset here: it counts raw bytes since the end of
-        # the previous message, so a head split over reads stays bounded.
         self.inHead = True
+        self.headBytes = 0
         self._headers = []
-        self._url = b""
 
     def on_header(self, name, value):
         if self.inHead:
+            self._countHead(len(name) + len(value) + 4)
             self._headers.append((name, value))
         # else: a trailer field; trailers are dropped (they are optional).
 
@@ -202,11 +233,8 @@ class _Reader:
     def on_message_complete(self):
         self.inHead = True
         self.headBytes = 0
+        self.stall = 0
         self._queue(END, None)
-
-
-class _StopMessage(Exception):
-    """Raised inside a callback to stop llhttp at the end of a head."""
 
 
 class RequestReader(_Reader):
@@ -217,43 +245,35 @@ class RequestReader(_Reader):
     """
 
     _badStatus = 400
+    _malformed = "malformed request: {}"
+    _tooLargeStatus = 431
+    _tooLargeReason = "request head larger than {} bytes"
 
     def __init__(self, sink, maxHeadSize=65536):
         _Reader.__init__(self, maxHeadSize)
         self.sink = sink
         self.parser = httptools.HttpRequestParser(self)
+        self._url = b""
 
-    def _tooLarge(self):
-        self._fail(431, "request head larger than {} bytes".format(self.maxHeadSize))
+    def on_message_begin(self):
+        _Reader.on_message_begin(self)
+        self._url = b""
 
     def on_url(self, url):
+        # "METHOD url HTTP/1.1\r\n": the method is added at the end of head.
+        self._countHead(len(url) + (12 if not self._url else 0))
         self._url += url
 
     def on_headers_complete(self):
-        self.inHead = False
         parser = self.parser
-        headers = self._headers
-        head = RequestHead(parser.get_method(), self._url, parser.get_http_version().encode("ascii"), headers)
+        self._countHead(len(parser.get_method()) + 2)
+        self.inHead = False
+        self.stall = 0
+        head = RequestHead(parser.get_method(), self._url, parser.get_http_version().encode("ascii"), self._headers)
         error = checkRequestHead(head)
         if error is not None:
-            raise _StopMessage(error)
+            raise _StopMessage(400, error)
         self._queue(HEAD, head)
-
-    def _parse(self, data):
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self.done = True
-            self._queue(UPGRADE, data[e.args[0]:])
-            return False
-        except httptools.HttpParserCallbackError as e:
-            reason = e.__context__.args[0] if isinstance(e.__context__, _StopMessage) else str(e.__context__ or e)
-            self._fail(400, reason)
-            return False
-        except httptools.HttpParserError as e:
-            self._fail(400, "malformed request: {}".format(e))
-            return False
-        return True
 
 
 def checkRequestHead(head):
@@ -296,7 +316,10 @@ def checkRequestHead(head):
     elif cl:
         head.framing = LENGTH
         head.length = cl
-    head.keepAlive = _keepAlive(head.version, _connectionTokens(head.headers))
+    tokens = _connectionTokens(head.headers)
+    if head.framing != NO_BODY and b"upgrade" in tokens and head.method != b"CONNECT":
+        return "an Upgrade request must not have a body"
+    head.keepAlive = _keepAlive(head.version, tokens)
     head.expectContinue = expect and head.version == b"1.1"
     return None
 
@@ -307,9 +330,15 @@ class ResponseReader(_Reader):
     call L{expect} before each request is sent.  Emits INFO (1xx), HEAD, BODY,
     END, UPGRADE (101) and ERROR; call L{connectionLost} at EOF, which ends a
     close-delimited body or reports truncation.
+
+    @ivar dirty: bytes followed a bodyless response in the same read, so the
+        connection is out of step and must not be reused.
     """
 
     _badStatus = 502
+    _malformed = "bad response from upstream: {}"
+    _tooLargeStatus = 502
+    _tooLargeReason = "upstream response head larger than {} bytes"
 
     def __init__(self, sink, maxHeadSize=65536):
         _Reader.__init__(self, maxHeadSize)
@@ -318,6 +347,9 @@ class ResponseReader(_Reader):
         self.bodyless = False
         self.framing = NO_BODY
         self.inMessage = False
+        self.awaiting = False
+        self.dirty = False
+        self._info = False
 
     def expect(self, bodyless):
         """Get ready for the response to a request; C{bodyless} for HEAD."""
@@ -325,116 +357,103 @@ class ResponseReader(_Reader):
         self.bodyless = bodyless
         self.inHead = True
         self.headBytes = 0
+        self.stall = 0
         self.done = False
+        self.failed = False
         self.inMessage = False
+        self.awaiting = True
+        self.dirty = False
+        self._info = False
 
     def feed(self, data):
-        if self.parser is None:
-            self._fail(502, "upstream sent data before any request")
+        if not self.awaiting and not self.failed and not self.upgraded:
+            self._fail(502, "upstream sent more than its response" if self.parser else "upstream sent data before any request")
             if not self.paused:
                 self.dispatch()
             return
         _Reader.feed(self, data)
 
-    def _tooLarge(self):
-        self._fail(502, "upstream response head larger than {} bytes".format(self.maxHeadSize))
-
     def on_message_begin(self):
+        if not self.awaiting:
+            raise _StopMessage(502, "upstream sent more than its response")
         _Reader.on_message_begin(self)
         self.inMessage = True
         self._reason = b""
 
     def on_status(self, reason):
+        # "HTTP/1.1 200 reason\r\n"
+        self._countHead(len(reason) + (15 if not self._reason else 0))
         self._reason += reason
 
     def on_headers_complete(self):
+        self._countHead(2 if self._reason else 17)
         self.inHead = False
+        self.stall = 0
         parser = self.parser
         head = ResponseHead(parser.get_status_code(), self._reason, parser.get_http_version().encode("ascii"), self._headers)
         status = head.status
         if 100 <= status < 200:
-            if status == 101:
-                # llhttp completes the message and then raises the upgrade;
-                # the UPGRADE event, not END, ends this exchange.
-                self._info = True
-                self._queue(HEAD, head)
-                return
-            # llhttp ends a 1xx message by itself; it is not the final answer.
-            self.inMessage = False
-            self._queue(INFO, head)
+            # llhttp ends a 1xx message by itself; it is not the final
+            # answer, except 101, which ends with the UPGRADE event.
             self._info = True
+            if status == 101:
+                self._queue(HEAD, head)
+            else:
+                self.inMessage = False
+                self._queue(INFO, head)
             return
-        self._info = False
         error = frameResponse(head, self.bodyless)
         if error is not None:
-            raise _StopMessage(error)
+            raise _StopMessage(502, error)
         self.framing = head.framing
         self._queue(HEAD, head)
         if self.bodyless:
             # llhttp does not know the request was HEAD: stop it here.
-            raise _StopMessage(None)
+            raise _StopMessage(None, None)
 
     def on_message_complete(self):
-        if getattr(self, "_info", False):
+        if self._info:
             self._info = False
+            self.inHead = True
+            self.headBytes = 0
+            self.stall = 0
             return
+        self._ended()
+
+    def _ended(self):
         self.inMessage = False
-        self._queue(END, None)
-        self.parser = None  # one response per expect()
+        self.awaiting = False
         self.done = True
+        self._queue(END, None)
 
-    def _parse(self, data):
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self.done = True
-            self.inMessage = False
-            self._queue(UPGRADE, data[e.args[0]:])
-            return False
-        except httptools.HttpParserCallbackError as e:
-            ctx = e.__context__
-            if isinstance(ctx, _StopMessage) and ctx.args[0] is None:
-                self.inMessage = False
-                self._queue(END, None)
-                self.parser = None
-                self.done = True
-                return False
-            reason = ctx.args[0] if isinstance(ctx, _StopMessage) else str(ctx or e)
-            self._fail(502, reason)
-            return False
-        except httptools.HttpParserError as e:
-            self._fail(502, "bad response from upstream: {}".format(e))
-            return False
-        except TypeError:
-            # parser is None: data after the end of the message
-            self._fail(502, "upstream sent more than its response")
-            return False
-        return True
+    def _upgraded(self, rest):
+        self.inMessage = False
+        self.awaiting = False
+        _Reader._upgraded(self, rest)
 
-    def _feedParser(self, data):
-        if self.parser is None:
-            if data:
-                self._fail(502, "upstream sent more than its response")
-            return
-        _Reader._feedParser(self, data)
+    def _bodylessEnd(self, data):
+        self._ended()
+        end = data.rfind(b"\r\n\r\n")
+        if end >= 0 and end + 4 != len(data):
+            self.dirty = True
+            self._fail(502, "upstream sent a body in answer to HEAD")
 
     def connectionLost(self):
         """
-        The upstream closed.  A close-delimited body ends here; any other
-        message in progress was truncated.
+        The upstream closed.  A close-delimited body ends here; a response
+        in progress, or one not yet begun, was cut short.
 
-        @return: True if the close ended the message cleanly.
+        @return: True if the close ended the message cleanly (or no
+            response was expected).
         """
-        if not self.inMessage:
-            return not self.inMessage
-        if not self.inHead and self.framing == UNTIL_CLOSE:
-            self.inMessage = False
-            self.done = True
-            self._queue(END, None)
+        if self.failed:
+            return False
+        if self.inMessage and not self.inHead and self.framing == UNTIL_CLOSE:
+            self._ended()
             if not self.paused:
                 self.dispatch()
             return True
-        return False
+        return not self.awaiting
 
 
 def frameResponse(head, bodyless):

@@ -47,11 +47,15 @@ def endToEnd(headers, keepUpgrade=False, keepFraming=True):
     out = []
     for name, value in headers:
         lname = name.lower()
+        if lname in FRAMING:
+            # Framing is never dropped because Connection names it (that
+            # would let a client smuggle its body as a second request).
+            if keepFraming:
+                out.append((name, value))
+            continue
         if lname in HOP_BY_HOP or lname in named:
             if keepUpgrade and lname == b"upgrade":
                 out.append((name, value))
-            continue
-        if not keepFraming and lname in FRAMING:
             continue
         out.append((name, value))
     if keepUpgrade:

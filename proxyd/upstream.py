@@ -14,7 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from proxyd.h1 import ResponseReader
+from proxyd.h1 import ERROR, ResponseReader
 
 
 @implementer(IHalfCloseableProtocol)
@@ -68,7 +68,15 @@ class UpstreamProtocol(Protocol):
         self.reader.feed(data)
 
     def messageEvent(self, kind, value):
-        self.exchange.upstreamEvent(kind, value)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.upstreamEvent(kind, value)
+        elif kind == ERROR:
+            # The exchange is over but the upstream said more than its
+            # response: the connection is out of step; drop it.
+            self._log.info("Upstream {peer}: {reason}; closing it", peer=self.peer, reason=value.reason)
+            self.pool.lost(self)
+            self.transport.abortConnection()
 
     def readConnectionLost(self):
         if self.relay is not None:

@@ -1,0 +1,173 @@
+"""
+Tests for L{proxyd.headers}: hop-by-hop stripping and Via.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from proxyd.headers import HOP_BY_HOP, addVia, connectionTokens, endToEnd
+
+
+def names(headers):
+    return [name for name, _ in headers]
+
+
+class ConnectionTokensTests(SynchronousTestCase):
+    """L{connectionTokens} collects the options named in Connection."""
+
+    def test_tokens(self):
+        """Tokens from every Connection header are lower-cased and stripped; empty ones skipped."""
+        headers = [(b"Connection", b"Keep-Alive, X-Foo ,,"), (b"connection", b" close"), (b"X", b"y")]
+        self.assertEqual(connectionTokens(headers), {b"keep-alive", b"x-foo", b"close"})
+
+    def test_none(self):
+        """Without a Connection header there are no tokens."""
+        self.assertEqual(connectionTokens([(b"Host", b"a")]), set())
+
+
+class EndToEndTests(SynchronousTestCase):
+    """L{endToEnd} keeps only end-to-end headers."""
+
+    def test_specHopByHopListStripped(self):
+        """Every header in SPEC's hop-by-hop list is dropped, whatever its case."""
+        spec = [b"Connection", b"Proxy-Connection", b"Keep-Alive", b"Proxy-Authorization",
+                b"Proxy-Authenticate", b"TE", b"Trailer", b"Upgrade"]
+        self.assertEqual(HOP_BY_HOP, frozenset(n.lower() for n in spec))
+        headers = [(b"Host", b"a")]
+        for name in spec:
+            headers.append((name, b"x"))
+            headers.append((name.upper(), b"y"))
+            headers.append((name.lower(), b"z"))
+        headers.append((b"Accept", b"*/*"))
+        self.assertEqual(endToEnd(headers), [(b"Host", b"a"), (b"Accept", b"*/*")])
+
+    def test_connectionNamedHeadersStripped(self):
+        """Every header named in Connection is dropped too, names matched case-insensitively."""
+        headers = [
+            (b"Connection", b"X-Secret, x-other"),
+            (b"Connection", b"Keep-Alive"),
+            (b"X-Secret", b"1"),
+            (b"X-OTHER", b"2"),
+            (b"X-Kept", b"3"),
+            (b"x-secret", b"4"),
+        ]
+        self.assertEqual(endToEnd(headers), [(b"X-Kept", b"3")])
+
+    def test_repeatedHeadersKeepOrder(self):
+        """Repeated headers keep their relative order and values, interleaved with others."""
+        headers = [
+            (b"Set-Cookie", b"a=1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Vary", b"Accept"),
+            (b"Set-Cookie", b"b=2"),
+            (b"Vary", b"Origin"),
+            (b"Set-Cookie", b"c=3"),
+        ]
+        self.assertEqual(
+            endToEnd(headers),
+            [(b"Set-Cookie", b"a=1"), (b"Vary", b"Accept"), (b"Set-Cookie", b"b=2"),
+             (b"Vary", b"Origin"), (b"Set-Cookie", b"c=3")],
+        )
+
+    def test_caseAndValuesPreserved(self):
+        """Kept headers keep their original name case and exact value bytes."""
+        headers = [(b"x-MiXeD", b"  spaced  value "), (b"ETag", b'"abc"')]
+        self.assertEqual(endToEnd(headers), headers)
+
+    def test_inputNotModified(self):
+        """endToEnd returns a new list and leaves its input alone."""
+        headers = [(b"Connection", b"close"), (b"Host", b"a")]
+        copy = list(headers)
+        out = endToEnd(headers)
+        self.assertEqual(headers, copy)
+        self.assertIsNot(out, headers)
+
+    def test_framingKeptByDefault(self):
+        """Content-Length and Transfer-Encoding are kept unless keepFraming is False."""
+        headers = [(b"Content-Length", b"3"), (b"Transfer-Encoding", b"chunked"), (b"X", b"1")]
+        self.assertEqual(endToEnd(headers), headers)
+        self.assertEqual(endToEnd(headers, keepFraming=False), [(b"X", b"1")])
+
+    def test_framingDroppedCaseInsensitive(self):
+        """keepFraming=False drops framing headers whatever their case."""
+        headers = [(b"content-LENGTH", b"3"), (b"TRANSFER-ENCODING", b"chunked")]
+        self.assertEqual(endToEnd(headers, keepFraming=False), [])
+
+    def test_framingNamedInConnectionKept(self):
+        """
+        A client cannot make proxyd drop the message's framing by naming it
+        in Connection: with keepFraming (the default, used for requests),
+        Content-Length and Transfer-Encoding survive.
+        """
+        headers = [
+            (b"Connection", b"Content-Length, Transfer-Encoding"),
+            (b"Content-Length", b"30"),
+            (b"Host", b"a"),
+        ]
+        # Was a bug: returns [(b"Host", b"a")]: Content-Length is stripped because
+        # Connection names it, while the caller (exchange._attach) still sends
+        # the 30-byte body; the upstream then sees a request with no body and
+        # reads the body as a second request (request smuggling past proxyd's
+        # own 400 checks).  Same for Transfer-Encoding: chunked.
+        self.assertIn((b"Content-Length", b"30"), endToEnd(headers))
+
+    def test_keepUpgrade(self):
+        """
+        With keepUpgrade, Upgrade survives and exactly one Connection: upgrade
+        is added; other Connection-named headers still go.
+        """
+        headers = [
+            (b"Host", b"a"),
+            (b"Connection", b"Upgrade, X-Hop"),
+            (b"Upgrade", b"websocket"),
+            (b"X-Hop", b"1"),
+            (b"Sec-WebSocket-Key", b"k"),
+        ]
+        out = endToEnd(headers, keepUpgrade=True)
+        self.assertEqual(
+            out,
+            [(b"Host", b"a"), (b"Upgrade", b"websocket"), (b"Sec-WebSocket-Key", b"k"),
+             (b"Connection", b"upgrade")],
+        )
+
+    def test_upgradeDroppedWithoutKeepUpgrade(self):
+        """Without keepUpgrade the same handshake headers lose Upgrade and Connection."""
+        headers = [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"), (b"Host", b"a")]
+        self.assertEqual(endToEnd(headers), [(b"Host", b"a")])
+
+    def test_keepUpgradeStillStripsOtherHopByHop(self):
+        """keepUpgrade keeps Upgrade only: Proxy-Authorization, TE and the like still go."""
+        headers = [(b"Upgrade", b"websocket"), (b"Proxy-Authorization", b"Basic eDp5"), (b"TE", b"trailers")]
+        self.assertEqual(endToEnd(headers, keepUpgrade=True),
+                         [(b"Upgrade", b"websocket"), (b"Connection", b"upgrade")])
+
+    def test_proxyCredentialsNeverForwarded(self):
+        """Proxy-Authorization is never forwarded, even when not named in Connection."""
+        headers = [(b"Proxy-Authorization", b"Basic dXNlcjpwdw=="), (b"Authorization", b"Bearer t")]
+        self.assertEqual(endToEnd(headers), [(b"Authorization", b"Bearer t")])
+
+    def test_empty(self):
+        """No headers in, none out."""
+        self.assertEqual(endToEnd([]), [])
+
+
+class AddViaTests(SynchronousTestCase):
+    """L{addVia} appends proxyd to Via."""
+
+    def test_http11(self):
+        """An HTTP/1.1 message gets Via: 1.1 proxyd at the end."""
+        headers = [(b"Host", b"a")]
+        out = addVia(headers)
+        self.assertIs(out, headers)
+        self.assertEqual(headers, [(b"Host", b"a"), (b"Via", b"1.1 proxyd")])
+
+    def test_http10(self):
+        """The received protocol version is what Via names."""
+        self.assertEqual(addVia([], b"1.0"), [(b"Via", b"1.0 proxyd")])
+
+    def test_existingViaKept(self):
+        """An existing Via stays first; proxyd's entry comes after it, as a separate header."""
+        headers = endToEnd([(b"Via", b"1.1 upstream-cache"), (b"Host", b"a")])
+        addVia(headers, b"1.1")
+        self.assertEqual(
+            [v for n, v in headers if n.lower() == b"via"], [b"1.1 upstream-cache", b"1.1 proxyd"]
+        )
