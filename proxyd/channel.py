@@ -65,6 +65,9 @@ class ProxyChannel(Protocol):
 
     def connectionMade(self):
         self.factory.connectionOpened(self)
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         peer = self.transport.getPeer()
         self.client = getattr(peer, "host", None) or "unix"
         self.allowed = self.factory.clientPolicy.allows(self.client) if hasattr(peer, "host") else True

@@ -44,6 +44,9 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self):
         self.connected = True
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         peer = self.transport.getPeer()
         self.peer = "[{}]:{}".format(peer.host, peer.port) if ":" in peer.host else "{}:{}".format(peer.host, peer.port)
 
