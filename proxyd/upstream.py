@@ -160,6 +160,10 @@ class UpstreamPool:
     def release(self, conn):
         """Keep C{conn} for a later exchange to the same host:port."""
         conn.detach()
+        # The client side may have paused it (a slow reader) just as the
+        # body ended: an idle connection must be reading again, or the next
+        # exchange on it never sees its response.
+        conn.transport.resumeProducing()
         conns = self.idle.setdefault(conn.key, [])
         if len(conns) >= self.maxIdlePerKey:
             conn.transport.loseConnection()

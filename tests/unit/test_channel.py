@@ -397,3 +397,22 @@ class UpgradeTests(SynchronousTestCase):
         upstream.dataReceived(OK)
         self.assertIn(b"Connection: close", client.value())
         self.assertTrue(client.disconnecting)
+
+
+class PoolPauseTests(SynchronousTestCase):
+    def test_pausedUpstreamResumedWhenPooled(self):
+        """
+        An upstream connection paused by a slow client when its body ends
+        goes back to the pool reading again, so the next exchange on it
+        gets its response.
+        """
+        proxy = FakeProxy()
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        upstream, upT = proxy.acceptUpstream()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+        client.producer.pauseProducing()
+        self.assertEqual(upT.producerState, "paused")
+        upstream.dataReceived(b"67890")
+        self.assertEqual(upT.producerState, "producing")
+        self.assertIs(proxy.factory.pool.take(("127.0.0.1", 8000)).transport, upT)
