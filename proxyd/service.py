@@ -104,6 +104,29 @@ class ListenerService(Service):
         return None
 
 
+def raiseFileLimit(wanted, resource=None):
+    """
+    Raise the soft limit on open files toward C{wanted} (two per tunnel or
+    proxied request), within the hard limit: a login shell's default soft
+    limit of 1024 would cap proxyd at about 500 tunnels.
+
+    @return: the soft limit now in force.
+    """
+    if resource is None:
+        import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            Logger().warn("Could not raise the open-file limit to {n}: {e}", n=target, e=e)
+            return soft
+        ListenerService._log.info("Open-file limit raised from {old} to {new}", old=soft, new=target)
+        return target
+    return soft
+
+
 def _reason(error):
     """
     C{"Address already in use"} rather than C{"Couldn't listen on ..."}.
@@ -148,6 +171,10 @@ class ProxyService(MultiService):
         The listening ports, once started.
         """
         return [listener.port for listener in self.listeners if listener.port]
+
+    def privilegedStartService(self):
+        raiseFileLimit(2 * self.config.maxConnections + 64)
+        MultiService.privilegedStartService(self)
 
     def startService(self):
         MultiService.startService(self)

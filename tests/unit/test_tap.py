@@ -359,3 +359,37 @@ class RealTwistdTests(SynchronousTestCase):
         stdout, stderr = process.communicate(timeout=30)
         self.assertEqual(process.returncode, 0, (stdout, stderr))
         self.assertEqual(stderr, b"")
+
+
+class FileLimitTests(SynchronousTestCase):
+    """raiseFileLimit lifts the soft open-file limit within the hard one."""
+
+    class FakeResource:
+        RLIMIT_NOFILE = 7
+        RLIM_INFINITY = -1
+
+        def __init__(self, soft, hard):
+            self.limits = (soft, hard)
+
+        def getrlimit(self, which):
+            return self.limits
+
+        def setrlimit(self, which, limits):
+            self.limits = limits
+
+    def test_raisedWithinHard(self):
+        """A soft limit of 1024 is raised to what is wanted, capped by the hard limit."""
+        from proxyd.service import raiseFileLimit
+
+        res = self.FakeResource(1024, 4096)
+        self.assertEqual(raiseFileLimit(20064, res), 4096)
+        self.assertEqual(res.limits, (4096, 4096))
+        res = self.FakeResource(1024, 524288)
+        self.assertEqual(raiseFileLimit(20064, res), 20064)
+
+    def test_neverLowered(self):
+        from proxyd.service import raiseFileLimit
+
+        res = self.FakeResource(65536, 524288)
+        self.assertEqual(raiseFileLimit(20064, res), 65536)
+        self.assertEqual(res.limits, (65536, 524288))
