@@ -9,7 +9,7 @@ or tunnel in flight.
 """
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -17,6 +17,7 @@ from zope.interface import implementer
 from proxyd import h1
 from proxyd.connect import UpstreamConnector
 from proxyd.errors import ProxyError, errorResponse
+from proxyd.tlsconfig import sslReason
 from proxyd.exchange import HttpExchange, _Pauser, parseAbsoluteURL
 from proxyd.selfpages import renderPage, selfPage
 from proxyd.tunnel import Tunnel, parseConnectTarget
@@ -30,16 +31,26 @@ QUEUE_LIMIT = 65536
 # the close, so the client reads the response instead of a reset.
 LINGER = 2.0
 
-HEAD, BUSY, IDLE, TUNNEL, CLOSING = range(5)
+HEAD, BUSY, IDLE, TUNNEL, CLOSING, SNIFF, INTERCEPTED = range(7)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ProxyChannel(Protocol):
-    """One client connection to the proxy."""
+    """
+    One client connection to the proxy, or (with C{origin}) the HTTP inside
+    an intercepted CONNECT, whose requests all go to that origin.
+
+    @param origin: C{(tlsName, host, port)} for an inner channel: origin-form
+        requests go to C{host:port}, over TLS with SNI C{tlsName} unless it
+        is None.
+    """
 
     _log = Logger()
 
-    def __init__(self, factory):
+    def __init__(self, factory, origin=None):
+        self.origin = origin
+        self.interception = None
+        self.tlsEstablished = False
         self.factory = factory
         self.config = factory.config
         self.clock = factory.clock
@@ -64,18 +75,28 @@ class ProxyChannel(Protocol):
     # Connection
 
     def connectionMade(self):
-        self.factory.connectionOpened(self)
-        noDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if noDelay is not None:
-            noDelay(True)
         peer = self.transport.getPeer()
         self.client = getattr(peer, "host", None) or "unix"
-        self.allowed = self.factory.clientPolicy.allows(self.client) if hasattr(peer, "host") else True
+        if self.origin is None:
+            self.factory.connectionOpened(self)
+            noDelay = getattr(self.transport, "setTcpNoDelay", None)
+            if noDelay is not None:
+                noDelay(True)
+            self.allowed = self.factory.clientPolicy.allows(self.client) if hasattr(peer, "host") else True
+        else:
+            self.allowed = True  # the CONNECT was already admitted
         now = self.clock.seconds()
         self.lastActivity = now
         self._setDeadline(HEAD, now + self.config.headerTimeout)
 
+    def handshakeCompleted(self):
+        """TLS with the client is up (inner channels of intercepted CONNECTs)."""
+        self.tlsEstablished = True
+
     def dataReceived(self, data):
+        if self.interception is not None:
+            self.interception.dataReceived(data)
+            return
         if self.relay is not None:
             self.relay.fromClient(data)
             return
@@ -93,6 +114,9 @@ class ProxyChannel(Protocol):
     def readConnectionLost(self):
         """The client shut its write half (or closed)."""
         self.clientEOF = True
+        if self.interception is not None:
+            self.interception.readConnectionLost()
+            return
         if self.relay is not None:
             self.relay.clientEOF()
             return
@@ -108,8 +132,19 @@ class ProxyChannel(Protocol):
         pass
 
     def connectionLost(self, reason=ConnectionDone()):
-        self.factory.connectionClosed(self)
+        if self.origin is None:
+            self.factory.connectionClosed(self)
+        elif self.origin[0] is not None and not self.tlsEstablished:
+            self._log.info(
+                "TLS with client {client} for {name} failed (does it trust proxyd's CA?): {why}",
+                client=self.client,
+                name=self.origin[0],
+                why=sslReason(reason.value),
+            )
         self.state = CLOSING
+        if self.interception is not None:
+            interception, self.interception = self.interception, None
+            interception.connectionLost(reason)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -129,6 +164,13 @@ class ProxyChannel(Protocol):
             self._logAccess(exchange)
 
     # Reading control
+
+    def pauseReading(self, why):
+        """Stop reading from the client for reason C{why} (reasons stack)."""
+        self._pauseReading(why)
+
+    def resumeReading(self, why):
+        self._resumeReading(why)
 
     def _pauseReading(self, why):
         if not self._pauses:
@@ -187,7 +229,9 @@ class ProxyChannel(Protocol):
             if not self.allowed:
                 self._log.info("Refused client {client}: not in --allow", client=self.client)
                 raise ProxyError(403, "client address {} is not allowed to use this proxy".format(self.client))
-            if head.method == b"CONNECT":
+            if self.origin is not None:
+                work = self._originExchange(head)
+            elif head.method == b"CONNECT":
                 host, port = parseConnectTarget(head.target)
                 work = Tunnel(self, host, port)
             elif head.target[:1] == b"/" or head.target == b"*":
@@ -201,7 +245,7 @@ class ProxyChannel(Protocol):
             return
         self.exchange = work
         auth = self.config.proxyAuth
-        if auth is None:
+        if auth is None or self.origin is not None:
             self._begin(work)
             return
         credentials = None
@@ -236,11 +280,56 @@ class ProxyChannel(Protocol):
             work.status = e.status
             self.sendError(e.status, e.reason, work)
 
+    def _originExchange(self, head):
+        """An exchange for a request inside an intercepted CONNECT."""
+        tlsName, host, port = self.origin
+        if head.method == b"CONNECT":
+            raise ProxyError(400, "CONNECT inside a tunnel is not supported")
+        target = head.target
+        if target[:1] != b"/":
+            if target == b"*" and head.method == b"OPTIONS":
+                target = b"*"
+            else:
+                try:
+                    target = parseAbsoluteURL(target.replace(b"https://", b"http://", 1))[2]
+                except ProxyError:
+                    raise ProxyError(400, "request target inside a tunnel must be a path")
+        hostHeader = None
+        for name, value in head.headers:
+            if name.lower() == b"host":
+                hostHeader = value
+        if hostHeader is None:
+            hostHeader = (tlsName or host).encode("idna")
+            if port != (443 if tlsName else 80):
+                hostHeader += b":%d" % (port,)
+        return HttpExchange(self, head, host, port, target, hostHeader, tlsName=tlsName)
+
     def _servePage(self, head):
+        if self.config.mode == "mitm" and head.target.split(b"?", 1)[0] == b"/ca.pem":
+            self._serveCA(head)
+            return
         status, text = selfPage(head.target, self.config.mode)
         keepAlive = head.keepAlive and head.framing == h1.NO_BODY
         self.transport.write(renderPage(status, text, keepAlive))
         self._logAccess(None, status=status)
+        if keepAlive:
+            self._idle()
+        else:
+            self._close()
+
+    def _serveCA(self, head):
+        pem = self.factory.leaves.ca.certPEM
+        keepAlive = head.keepAlive and head.framing == h1.NO_BODY
+        headers = [
+            b"HTTP/1.1 200 OK",
+            b"Content-Type: application/x-x509-ca-cert",
+            b'Content-Disposition: attachment; filename="proxyd-ca.pem"',
+            b"Content-Length: %d" % (len(pem),),
+        ]
+        if not keepAlive:
+            headers.append(b"Connection: close")
+        self.transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + pem)
+        self._logAccess(None, status=200, bytesOut=len(pem))
         if keepAlive:
             self._idle()
         else:
@@ -308,7 +397,7 @@ class ProxyChannel(Protocol):
     def _lingeringClose(self):
         self.state = CLOSING
         self._pauses.clear()
-        if self.clientEOF or not hasattr(self.transport, "loseWriteConnection"):
+        if self.clientEOF or self.origin is not None or not hasattr(self.transport, "loseWriteConnection"):
             self.transport.loseConnection()
             return
         self.transport.resumeProducing()
@@ -317,19 +406,36 @@ class ProxyChannel(Protocol):
 
     # Relay (CONNECT tunnels and upgrades)
 
-    def startRelay(self, relay, work):
+    def _takeHeldBytes(self):
+        """The bytes the reader holds after a CONNECT or Upgrade head."""
+        pending = [value for kind, value in self.reader.events if kind in (h1.UPGRADE, h1.RAW)]
+        self.reader.events = []
+        self.reader.queuedBytes = 0
+        return b"".join(pending)
+
+    def startRelay(self, relay, work, pending=None):
         """Switch this connection to a byte relay, with what the reader held."""
         self.relay = relay
         self.exchange = work
         self._setDeadline(TUNNEL, self.clock.seconds() + self.config.idleTimeout)
-        pending = []
-        for kind, value in self.reader.events:
-            if kind in (h1.UPGRADE, h1.RAW):
-                pending.append(value)
-        self.reader.events = []
-        self.reader.queuedBytes = 0
-        self._pauses.clear()
-        relay.start(b"".join(pending))
+        if pending is None:
+            pending = self._takeHeldBytes()
+        if self._pauses:
+            self._pauses.clear()
+            self.transport.resumeProducing()
+        relay.start(pending)
+
+    def startInterception(self, tunnel, peer):
+        """mitm mode, after the 200: look at what the client sends."""
+        from proxyd.mitm import Interception
+
+        self.exchange = tunnel
+        tunnel.done = True
+        self._logAccess(tunnel)
+        self.exchange = None
+        self.interception = Interception(self, tunnel, peer)
+        self._setDeadline(SNIFF, self.clock.seconds() + self.config.headerTimeout)
+        self.interception.start(self._takeHeldBytes())
 
     def relayDone(self, relay):
         work = self.exchange
@@ -365,6 +471,8 @@ class ProxyChannel(Protocol):
             deadline = max(deadline, last + self.config.idleTimeout)
         elif state == TUNNEL and self.relay is not None:
             deadline = self.relay.lastActivity + self.config.idleTimeout
+        elif state == INTERCEPTED or (state == SNIFF and self.interception is not None and self.interception.waiting):
+            return  # the inner channel keeps its own time (or a leaf is being made)
         if now < deadline:
             self._timer = self.clock.callLater(deadline - now, self._timerFired)
             return
@@ -386,6 +494,11 @@ class ProxyChannel(Protocol):
                 exchange.fail(504, "upstream {}:{} did not answer within {:g}s".format(exchange.host, exchange.port, self.config.idleTimeout))
             else:
                 self._close()
+        elif state == SNIFF:
+            self._log.info("Client {client} sent nothing usable within {t:g}s after CONNECT; closing", client=self.client, t=self.config.headerTimeout)
+            if self.interception is not None:
+                self.interception.abandon()
+            self.transport.loseConnection()
         elif state == TUNNEL:
             self._log.info("Tunnel {target} idle for {t:g}s; closing", target=self._targetOf(self.exchange), t=self.config.idleTimeout)
             if self.relay is not None:
@@ -455,9 +568,47 @@ class ProxyFactory(Factory):
             self.connector,
             maxHeadSize=config.maxHeaderSize,
             idleTimeout=min(config.idleTimeout, 60.0),
+            trustRoot=config.trustRoot,
+            tlsInsecure=config.upstreamInsecure,
         )
         self.channels = set()
         self._saturated = False
+        self.leaves = None
+        self._serverTLS = {}
+        if config.ca is not None:
+            from proxyd.ca import LeafFactory
+
+            self.leaves = LeafFactory(config.ca, config.leafKey, clock=reactor)
+            self._log.info(
+                "mitm: CA certificate {path} (SHA-256 {fingerprint}){created}. "
+                "Clients must trust it: curl --cacert {path}; see 'proxyd ca --help' for browsers and Python",
+                path=config.ca.certPath,
+                fingerprint=config.ca.fingerprint,
+                created=", created now" if config.ca.created else "",
+            )
+        if config.upstreamInsecure:
+            self._log.warn("--upstream-insecure: upstream TLS certificates are NOT verified")
+
+    def serverTLS(self, leaf):
+        """
+        The server-side TLS options for an intercepted host: its leaf, the
+        CA after it, TLS 1.2+, ALPN http/1.1.  Made once per leaf.
+        """
+        from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+        options = self._serverTLS.get(leaf.serial)
+        if options is None:
+            options = CertificateOptions(
+                privateKey=leaf.pkey,
+                certificate=leaf.x509,
+                extraCertChain=[self.leaves.ca.x509],
+                raiseMinimumTo=TLSVersion.TLSv1_2,
+                acceptableProtocols=[b"http/1.1"],
+            )
+            if len(self._serverTLS) >= self.leaves.cacheSize:
+                self._serverTLS.pop(next(iter(self._serverTLS)))
+            self._serverTLS[leaf.serial] = options
+        return options
 
     def buildProtocol(self, addr):
         if len(self.channels) >= self.config.maxConnections:

@@ -25,7 +25,7 @@ from proxyd.policy import (
 )
 
 MODES = ("forward", "mitm", "reverse")
-IMPLEMENTED_MODES = ("forward",)
+IMPLEMENTED_MODES = ("forward", "mitm")
 DEFAULT_LISTEN = {
     "forward": "tcp:8080:interface=127.0.0.1",
     "mitm": "tcp:8080:interface=127.0.0.1",
@@ -67,6 +67,13 @@ class ProxyConfig:
     maxConnections: int = 10000
     maxHeaderSize: int = 65536
     configFile: "str | None" = None
+    # mitm
+    ca: "CertificateAuthority | None" = None
+    leafKey: str = "ecdsa"
+    passthrough: tuple = ()
+    upstreamCA: tuple = ()
+    upstreamInsecure: bool = False
+    trustRoot: object = None
 
     @addressPolicy.default
     def _defaultAddressPolicy(self):
@@ -101,6 +108,13 @@ OPTIONS = {
     "header-timeout": _NUMBER,
     "max-connections": _INT,
     "max-header-size": _INT,
+    "ca-dir": _STR,
+    "ca-cert": _STR,
+    "ca-key": _STR,
+    "leaf-key": _STR,
+    "passthrough": _LIST,
+    "upstream-ca": _LIST,
+    "upstream-insecure": _BOOL,
 }
 
 # Options that set one thing two ways: the command line giving either one
@@ -220,7 +234,49 @@ def build(values, sources, reactor, configFile=None):
         fields["maxHeaderSize"] = check(
             "max-header-size", _integer, MIN_HEADER_SIZE, MAX_HEADER_SIZE
         )
+    if "passthrough" in values:
+        fields["passthrough"] = check("passthrough", _globs)
+    if "upstream-ca" in values:
+        fields["upstreamCA"] = tuple(_asList(values["upstream-ca"]))
+    fields["upstreamInsecure"] = bool(values.get("upstream-insecure"))
+    if "upstream-ca" in values and not fields["upstreamInsecure"]:
+        # Without --upstream-ca, trustRoot stays None: the platform's store.
+        fields["trustRoot"] = check("upstream-ca", _trustRoot)
+    if "leaf-key" in values:
+        fields["leafKey"] = check("leaf-key", _choice, ("ecdsa", "rsa"))
+    if ("ca-cert" in values) != ("ca-key" in values):
+        raise ConfigError("--ca-cert: give --ca-cert and --ca-key together")
+    if mode == "mitm":
+        fields["ca"] = _loadCA(values)
     return ProxyConfig(**fields)
+
+
+def _globs(value):
+    patterns = []
+    for pattern in _asList(value):
+        pattern = pattern.strip().lower().rstrip(".")
+        if not pattern or any(c in pattern for c in "/ :"):
+            raise ValueError(f"{pattern!r} is not a host glob like *.example.com")
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
+def _trustRoot(files):
+    from proxyd.tlsconfig import upstreamTrust
+
+    return upstreamTrust(tuple(_asList(files)))
+
+
+def _loadCA(values):
+    from proxyd.ca import CAError, CertificateAuthority
+
+    try:
+        if "ca-cert" in values:
+            return CertificateAuthority.fromFiles(values["ca-cert"], values["ca-key"])
+        return CertificateAuthority.inDirectory(values.get("ca-dir"))
+    except CAError as e:
+        option = "--ca-cert" if "ca-cert" in values else "--ca-dir"
+        raise ConfigError(f"{option}: {e}")
 
 
 def _addressPolicy(values, listen):
@@ -246,7 +302,7 @@ def _mode(value):
         raise ValueError(f"expected forward, mitm or reverse, got {value!r}")
     if value not in IMPLEMENTED_MODES:
         raise ValueError(
-            f"{value!r} is not available yet in this version (only 'forward')"
+            f"{value!r} is not available yet in this version (only 'forward' and 'mitm')"
         )
     return value
 

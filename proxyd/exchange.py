@@ -18,6 +18,7 @@ from proxyd import h1
 from proxyd.errors import ProxyError, statusPhrase
 from proxyd.headers import addVia, endToEnd
 from proxyd.relay import Relay
+from proxyd.tlsconfig import describeTLSFailure
 
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
@@ -111,7 +112,7 @@ class HttpExchange:
 
     _log = Logger()
 
-    def __init__(self, channel, head, host, port, path, hostHeader):
+    def __init__(self, channel, head, host, port, path, hostHeader, tlsName=None):
         self.channel = channel
         self.clock = channel.clock
         self.head = head
@@ -119,7 +120,8 @@ class HttpExchange:
         self.port = port
         self.path = path
         self.hostHeader = hostHeader
-        self.key = (host, port)
+        self.tlsName = tlsName
+        self.key = (host, port) if tlsName is None else ("https", host, port, tlsName)
         self.upstream = None
         self.connecting = None
         self.retried = False
@@ -339,6 +341,12 @@ class HttpExchange:
             self.retried = True
             self._connect()
             return
+        if self.tlsName is not None:
+            tlsWhy = describeTLSFailure(reason, conn.transport, self.tlsName)
+            if tlsWhy is not None:
+                self._log.info("{why}", why=tlsWhy)
+                self.fail(502, tlsWhy)
+                return
         why = "upstream closed the connection" if reason.check(ConnectionDone) else reason.getErrorMessage()
         self.fail(502, "{} before responding ({}:{})".format(why, self.host, self.port))
 

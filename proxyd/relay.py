@@ -13,6 +13,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 
@@ -128,7 +129,12 @@ class Relay:
 
 
 def IHalfCloseableTransport(transport):
-    """Whether C{transport} can shut only its write half."""
+    """
+    Whether C{transport} can shut only its write half.  A TLS wrapper
+    cannot (its attribute lookup would reach the TCP socket beneath).
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return False
     return getattr(transport, "loseWriteConnection", None) is not None
 
 
@@ -137,9 +143,15 @@ class RelayPeer(Protocol):
     """The upstream end of a tunnel: hands everything to its L{Relay}."""
 
     relay = None
+    earlyData = None  # called with bytes that arrive before the relay starts
 
     def dataReceived(self, data):
-        self.relay.fromUpstream(data)
+        if self.relay is not None:
+            self.relay.fromUpstream(data)
+        elif self.earlyData is not None:
+            self.earlyData(data)
+        else:
+            self.transport.loseConnection()
 
     def readConnectionLost(self):
         if self.relay is not None:

@@ -24,6 +24,8 @@ class Options(usage.Options):
     optFlags = [
         ["allow-private", None, "Let upstream connections reach loopback, "
          "private and link-local addresses."],
+        ["upstream-insecure", None, "Do not verify upstream TLS certificates "
+         "(logged as a warning at start and on every connection)."],
         ["deny-private", None, "Never let upstream connections reach loopback, "
          "private or link-local addresses. [default: allowed while every "
          "listener is loopback-only]"],
@@ -54,6 +56,12 @@ class Options(usage.Options):
          "[default: 10000]"],
         ["max-header-size", None, None, "Bytes of request or response head. "
          "[default: 65536]"],
+        ["ca-dir", None, None, "mitm: directory of ca.pem and ca.key, created "
+         "on first start. [default: $PROXYD_HOME, else ~/.proxyd]"],
+        ["ca-cert", None, None, "mitm: use this CA certificate (with --ca-key)."],
+        ["ca-key", None, None, "mitm: the key of --ca-cert."],
+        ["leaf-key", None, None, "mitm: ecdsa (one P-256 key for all leaves) "
+         "or rsa (one RSA-2048 key). [default: ecdsa]"],
     ]
 
     def __init__(self, reactor=None):
@@ -64,10 +72,20 @@ class Options(usage.Options):
         self._reactor = reactor
         self["listen"] = []
         self["allow"] = []
+        self["passthrough"] = []
+        self["upstream-ca"] = []
 
     def opt_listen(self, endpoint):
         """Server endpoint string to listen on; repeatable. [default: tcp:8080:interface=127.0.0.1]"""  # noqa: E501
         self["listen"].append(endpoint)
+
+    def opt_passthrough(self, pattern):
+        """mitm: host glob (SNI or CONNECT host) tunnelled blind, never intercepted; repeatable."""
+        self["passthrough"].append(pattern)
+
+    def opt_upstream_ca(self, path):
+        """PEM file of trust anchors for upstream TLS, added to the system store; repeatable."""
+        self["upstream-ca"].append(path)
 
     def opt_allow(self, cidr):
         """Client network (CIDR) allowed to use the proxy; repeatable. [default: loopback only]"""  # noqa: E501

@@ -47,6 +47,7 @@ class Tunnel:
         self.relay = None
         self.status = None
         self.done = False
+        self.mode = "tunnel"
 
     @property
     def target(self):
@@ -69,6 +70,9 @@ class Tunnel:
         addr = peer.transport.getPeer()
         channel.upstreamAddress = "[{}]:{}".format(addr.host, addr.port) if ":" in addr.host else "{}:{}".format(addr.host, addr.port)
         channel.transport.write(ESTABLISHED)
+        if channel.config.mode == "mitm":
+            channel.startInterception(self, peer)
+            return
         self.relay = Relay(channel.clock, channel, peer, channel.relayDone)
         peer.relay = self.relay
         channel.startRelay(self.relay, self)

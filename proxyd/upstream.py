@@ -12,9 +12,11 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from proxyd.h1 import ERROR, ResponseReader
+from proxyd.tlsconfig import InsecureCreator, VerifyingCreator
 
 
 @implementer(IHalfCloseableProtocol)
@@ -134,7 +136,7 @@ class UpstreamPool:
 
     _log = Logger()
 
-    def __init__(self, clock, connector, maxHeadSize=65536, idleTimeout=60.0, maxIdlePerKey=256):
+    def __init__(self, clock, connector, maxHeadSize=65536, idleTimeout=60.0, maxIdlePerKey=256, trustRoot=None, tlsInsecure=False):
         self.clock = clock
         self.connector = connector
         self.maxHeadSize = maxHeadSize
@@ -142,6 +144,9 @@ class UpstreamPool:
         self.maxIdlePerKey = maxIdlePerKey
         self.idle = {}
         self._sweeper = None
+        self._creators = {}
+        self.trustRoot = trustRoot
+        self.tlsInsecure = tlsInsecure
 
     def take(self, key):
         """An idle connection for C{key}, or None."""
@@ -153,9 +158,32 @@ class UpstreamPool:
         return None
 
     def connect(self, key):
-        """Deferred firing with a new L{UpstreamProtocol} for C{key}."""
-        host, port = key
-        return self.connector.connect(host, port, _UpstreamFactory(self, key))
+        """
+        Deferred firing with a new L{UpstreamProtocol} for C{key}: C{(host,
+        port)} for plain HTTP, C{("https", host, port, tlsName)} for TLS sent
+        with SNI C{tlsName} and verified against that name.
+        """
+        if len(key) == 2:
+            host, port = key
+            return self.connector.connect(host, port, _UpstreamFactory(self, key))
+        scheme, host, port, tlsName = key
+        factory = TLSMemoryBIOFactory(self.tlsCreator(tlsName), True, _UpstreamFactory(self, key))
+        factory.noisy = False
+        d = self.connector.connect(host, port, factory)
+        return d.addCallback(lambda tlsProtocol: tlsProtocol.wrappedProtocol)
+
+    def tlsCreator(self, name):
+        """The client TLS connection creator for C{name}, made once."""
+        creator = self._creators.get(name)
+        if creator is None:
+            if self.tlsInsecure:
+                creator = InsecureCreator(name)
+            else:
+                creator = VerifyingCreator(name, self.trustRoot)
+            if len(self._creators) >= 1024:
+                self._creators.pop(next(iter(self._creators)))
+            self._creators[name] = creator
+        return creator
 
     def release(self, conn):
         """Keep C{conn} for a later exchange to the same host:port."""

@@ -112,17 +112,13 @@ class DefaultsTests(_Base):
 
 class RefusedValueTests(_Base):
     def test_mode(self):
-        """Unknown modes are refused; mitm and reverse are not built yet."""
+        """Unknown modes are refused; reverse is not built yet."""
         self.assertEqual(
             self.refused(mode="bad"), "--mode: expected forward, mitm or reverse, got 'bad'"
         )
         self.assertEqual(
-            self.refused(mode="mitm"),
-            "--mode: 'mitm' is not available yet in this version (only 'forward')",
-        )
-        self.assertEqual(
             self.refused(mode="reverse"),
-            "--mode: 'reverse' is not available yet in this version (only 'forward')",
+            "--mode: 'reverse' is not available yet in this version (only 'forward' and 'mitm')",
         )
 
     def test_listen(self):

@@ -80,8 +80,8 @@ class OptionsTests(SynchronousTestCase):
         UsageError (which would print the whole usage)."""
         cases = [
             (["--mode=bad"], "proxyd: --mode: expected forward, mitm or reverse, got 'bad'"),
-            (["--mode=mitm"],
-             "proxyd: --mode: 'mitm' is not available yet in this version (only 'forward')"),
+            (["--mode=reverse"],
+             "proxyd: --mode: 'reverse' is not available yet in this version (only 'forward' and 'mitm')"),
             (["--listen", "tcp:x"], "proxyd: --listen tcp:x: 'x' is not a port number"),
             (["--allow", "1.2.3.4/40"],
              "proxyd: --allow: '1.2.3.4/40' is not an IP address or network (CIDR)"),
