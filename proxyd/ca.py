@@ -355,11 +355,13 @@ class LeafFactory:
     with one shared key, kept in a bounded LRU; concurrent first asks for a
     host share one generation (as txacme's C{issue_cert}).
 
-    Measured here (2 cores, C{/tmp/pv} venv): a leaf takes 0.2-0.3 ms with
-    the P-256 CA, ECDSA or RSA leaf key alike (only the CA signs), so it
-    is made synchronously.  An RSA CA from C{--ca-cert} takes 1.1 ms
-    (RSA-2048) to 5-7 ms (RSA-4096); cryptography lets go of the GIL while
-    signing, so those go to the reactor's thread pool.  A hit is ~4 us.
+    Measured here (2 shared cores, C{/tmp/pv} venv): a leaf takes 0.2-0.3
+    ms with the P-256 CA, ECDSA or RSA leaf key alike (only the CA signs),
+    so it is made synchronously; a hit takes 3 us.  An RSA CA from
+    C{--ca-cert} takes 1.0-1.3 ms (RSA-2048) to 5-7 ms (RSA-4096), so it
+    signs in the reactor's thread pool: with a thread signing RSA-4096 back
+    to back, the reactor thread still woke within about the GIL switch
+    interval (p99 5-7 ms), not after whole signatures (6-20 ms there).
 
     @ivar generated: leaves made.
     @ivar hits: asks answered from the cache.

@@ -512,7 +512,18 @@ class ProxyChannel(Protocol):
         if isinstance(work, Tunnel):
             return work.target
         head = self.requestHead
-        return head.target.decode("latin-1") if head is not None else "-"
+        if head is None:
+            return "-"
+        target = head.target.decode("latin-1")
+        if self.origin is not None and target.startswith("/"):
+            tlsName, host, port = self.origin
+            scheme, default = ("https", 443) if tlsName else ("http", 80)
+            name = tlsName or host
+            if ":" in name:
+                name = "[" + name + "]"
+            authority = name if port == default else "{}:{}".format(name, port)
+            return "{}://{}{}".format(scheme, authority, target)
+        return target
 
     def _logAccess(self, work, status=None, bytesOut=0):
         log = self.factory.accessLog
