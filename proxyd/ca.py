@@ -209,8 +209,9 @@ class CertificateAuthority:
         written in full under a temporary name (C{O_CREAT|O_EXCL}, mode 0600,
         under umask 077 as mitmproxy's C{umask_secret}, so the key is never
         open to others even briefly) then hard-linked into place, which never
-        replaces a file: a crash leaves no half pair; of two racers one wins.
-        The umask is process-wide: call this at start-up, not under load.
+        replaces a file: a crash while writing leaves only temporary files,
+        and of two racing processes one wins (the other loads its CA).  The
+        umask is process-wide: call this at start-up, not under load.
 
         @raise FileExistsError: C{ca.key} or C{ca.pem} appeared meanwhile.
         """
@@ -466,7 +467,10 @@ class LeafFactory:
         san = x509.DNSName(name) if isinstance(name, str) else x509.IPAddress(name)
         subject = []  # a CN holds under 64 characters; past that the SAN alone names it
         if len(str(name)) < 64:
-            subject = [_attribute(NameOID.COMMON_NAME, str(name)), _attribute(NameOID.ORGANIZATION_NAME, "proxyd")]
+            subject = [
+                _attribute(NameOID.COMMON_NAME, str(name)),
+                _attribute(NameOID.ORGANIZATION_NAME, "proxyd"),
+            ]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name(subject))
@@ -480,4 +484,5 @@ class LeafFactory:
         )
         for extension, critical in self._fixed:
             builder = builder.add_extension(extension, critical)
-        return Leaf(name, builder.sign(ca.key, hashes.SHA256()), self.sharedKey, notAfter.timestamp())
+        certificate = builder.sign(ca.key, hashes.SHA256())
+        return Leaf(name, certificate, self.sharedKey, notAfter.timestamp())

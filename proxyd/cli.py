@@ -39,7 +39,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError("{}: {} (see '{} --help')".format(self.prog, message, self.prog))
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
 def _caDirectory(args):
@@ -52,10 +52,10 @@ def _describe(ca, out):
         ("key", ca.keyPath),
         ("subject", ca.subject),
         ("SHA-256", ca.fingerprint),
-        ("valid", "{:%Y-%m-%d %H:%M} UTC to {:%Y-%m-%d %H:%M} UTC".format(ca.notBefore, ca.notAfter)),
+        ("valid", f"{ca.notBefore:%Y-%m-%d %H:%M} UTC to {ca.notAfter:%Y-%m-%d %H:%M} UTC"),
     ]
     for label, value in rows:
-        out.write("{:<12} {}\n".format(label + ":", value))
+        out.write(f"{label + ':':<12} {value}\n")
 
 
 def _caInit(args, out):
@@ -82,7 +82,7 @@ def _caCertificate(args):
     directory = _caDirectory(args)
     path = os.path.join(directory, CA_CERT)
     if not os.path.lexists(path):
-        raise CAError("{}: no CA here yet; 'proxyd ca init' makes one".format(directory))
+        raise CAError(f"{directory}: no CA here yet; 'proxyd ca init' makes one")
     return path, loadCertificate(path)
 
 
@@ -101,7 +101,7 @@ def _caExport(args, out):
             with open(args.out, "wb") as f:
                 f.write(pem)
         except OSError as e:
-            raise CAError("{}: cannot write it ({})".format(args.out, e.strerror))
+            raise CAError(f"{args.out}: cannot write it ({e.strerror})")
     return 0
 
 
@@ -165,8 +165,10 @@ def main(argv=None, stdout=None, stderr=None):
     except UsageError as e:
         message = str(e)
     except CAError as e:
-        message = "proxyd: {}".format(e)
-    except BrokenPipeError:
+        message = f"proxyd: {e}"
+    except BrokenPipeError:  # proxyd ca export | head: no noise at exit either
+        if stdout is sys.__stdout__:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
         return 1
     stderr.write(" ".join(message.split("\n")) + "\n")
     return 1

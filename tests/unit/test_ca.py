@@ -26,7 +26,6 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from proxyd import ca as camodule
 from proxyd.ca import (
     CA_VALIDITY,
     LEAF_VALIDITY,
@@ -178,7 +177,8 @@ class CreateTests(SynchronousTestCase):
         self.assertFalse(second.created)
         self.assertEqual(first.fingerprint, second.fingerprint)
         self.assertEqual(len(second.fingerprint), 32 * 3 - 1)
-        self.assertEqual(second.fingerprint, second.certificate.fingerprint(hashes.SHA256()).hex(":").upper())
+        digest = second.certificate.fingerprint(hashes.SHA256())
+        self.assertEqual(second.fingerprint, digest.hex(":").upper())
 
     def test_noCreate(self):
         """create=False refuses an empty directory instead of making a CA."""
@@ -219,62 +219,75 @@ class RefusalTests(SynchronousTestCase):
         self.assertNotIn("\n", str(error))
         return str(error)
 
+    def refusedFiles(self, certPath, keyPath):
+        return self.refused(certPath, keyPath, loader=CertificateAuthority.fromFiles)
+
     def test_keyReadableByOthers(self):
+        """A key readable by others (0644) is refused with the fix in the message."""
         os.chmod(self.ca.keyPath, 0o644)
         self.assertEqual(
             self.refused(), self.ca.keyPath + " is readable by others (mode 0644); chmod 600 it"
         )
 
     def test_keyReadableByGroup(self):
+        """A key readable by its group (0640) is refused."""
         os.chmod(self.ca.keyPath, 0o640)
         self.assertIn("is readable by its group (mode 0640)", self.refused())
 
     def test_keyWritableByGroup(self):
+        """A key writable by its group (0620) is refused."""
         os.chmod(self.ca.keyPath, 0o620)
         self.assertIn("is writable by its group (mode 0620)", self.refused())
 
     def test_mismatch(self):
+        """A certificate with another CA's key is refused, naming the key."""
         other = CertificateAuthority.inDirectory(self.mktemp())
-        message = self.refused(self.ca.certPath, other.keyPath, loader=CertificateAuthority.fromFiles)
+        message = self.refusedFiles(self.ca.certPath, other.keyPath)
         self.assertIn(other.keyPath, message)
         self.assertIn("do not match", message)
 
     def test_notCA(self):
+        """A certificate without basicConstraints CA:true is refused."""
         key = ec.generate_private_key(ec.SECP256R1())
         certPath, keyPath = writePair(self, selfSigned(key, ca=False), key)
-        message = self.refused(certPath, keyPath, loader=CertificateAuthority.fromFiles)
+        message = self.refusedFiles(certPath, keyPath)
         self.assertEqual(message, certPath + ": not a CA certificate (no basicConstraints CA:true)")
 
     def test_noKeyCertSign(self):
         """CA:true without keyUsage is refused too: strict verifiers reject its leaves."""
         key = ec.generate_private_key(ec.SECP256R1())
         certPath, keyPath = writePair(self, selfSigned(key, keyUsage=False), key)
-        message = self.refused(certPath, keyPath, loader=CertificateAuthority.fromFiles)
+        message = self.refusedFiles(certPath, keyPath)
         self.assertIn("keyCertSign", message)
 
     def test_missingFile(self):
+        """A missing file is named: in a CA directory and as --ca-cert/--ca-key."""
         os.unlink(self.ca.keyPath)
         message = self.refused()
         self.assertTrue(message.startswith(self.ca.keyPath + ": no such file"), message)
         os.unlink(self.ca.certPath)
-        message = self.refused(self.ca.certPath, self.ca.keyPath, loader=CertificateAuthority.fromFiles)
+        message = self.refusedFiles(self.ca.certPath, self.ca.keyPath)
         self.assertEqual(message, self.ca.certPath + ": no such file")
 
     def test_missingCertificateOnly(self):
+        """A key without its certificate is refused, never replaced by a new CA."""
         os.unlink(self.ca.certPath)
         self.assertIn("remove both", self.refused())
 
     def test_garbageCertificate(self):
+        """A ca.pem that is not PEM is refused."""
         with open(self.ca.certPath, "wb") as f:
             f.write(b"not a certificate\n")
         self.assertEqual(self.refused(), self.ca.certPath + ": not a PEM certificate")
 
     def test_garbageKey(self):
+        """A ca.key that does not parse is refused."""
         with open(self.ca.keyPath, "wb") as f:
             f.write(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
         self.assertEqual(self.refused(), self.ca.keyPath + ": not a PEM private key")
 
     def test_passphrase(self):
+        """An encrypted key is refused: the daemon cannot ask for a passphrase."""
         with open(self.ca.keyPath, "wb") as f:
             f.write(
                 self.ca.key.private_bytes(
@@ -286,18 +299,24 @@ class RefusalTests(SynchronousTestCase):
         self.assertIn("passphrase", self.refused())
 
     def test_unsupportedKey(self):
+        """An Ed25519 CA is refused: browsers do not take Ed25519 chains."""
         key = ed25519.Ed25519PrivateKey.generate()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed")])
         cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(_utc(time.time() - DAY)).not_valid_after(_utc(time.time() + DAY))
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(_utc(time.time() - DAY))
+            .not_valid_after(_utc(time.time() + DAY))
             .sign(key, None)
         )
         certPath, keyPath = writePair(self, cert, key)
-        self.assertIn("RSA or ECDSA", self.refused(certPath, keyPath, loader=CertificateAuthority.fromFiles))
+        self.assertIn("RSA or ECDSA", self.refusedFiles(certPath, keyPath))
 
     def test_expired(self):
+        """An expired CA is refused with its end date."""
         directory = self.mktemp()
         CertificateAuthority.create(directory, now=time.time() - 11 * 365 * DAY)
         message = self.refused(directory)
@@ -305,6 +324,7 @@ class RefusalTests(SynchronousTestCase):
         self.assertIn("ca.pem", message)
 
     def test_notYetValid(self):
+        """A CA whose notBefore is in the future is refused (a clock problem)."""
         message = self.refused(self.directory, now=time.time() - 10 * DAY)
         self.assertIn("not valid before", message)
 
@@ -444,6 +464,7 @@ class LeafFieldTests(_LeafBase):
         self.verify(leaf, DNSName("rsa.example"))
 
     def test_ecdsaNoKeyEncipherment(self):
+        """An ECDSA leaf key has digitalSignature only, on P-256."""
         leaf = self.leaf("ec.example")
         self.assertFalse(_ext(leaf.certificate, x509.KeyUsage).value.key_encipherment)
         self.assertEqual(leaf.key.curve.name, "secp256r1")
@@ -489,10 +510,12 @@ class LeafFieldTests(_LeafBase):
         self.failureResultOf(self.factory().leafFor("late.example"), CAError)
 
     def test_badName(self):
+        """Names that are not hosts fail the Deferred with ValueError."""
         for name in ("", "a b.example", "*.example.com", "x" * 64 + ".example", b"\xff"):
             self.failureResultOf(self.factory().leafFor(name), ValueError)
 
     def test_normalizeName(self):
+        """Case, a final dot, brackets and an IPv6 zone do not make new names."""
         self.assertEqual(normalizeName(b"WWW.example.com."), "www.example.com")
         self.assertEqual(normalizeName("fe80::1%eth0"), ipaddress.ip_address("fe80::1"))
         self.assertEqual(normalizeName("[::1]"), ipaddress.ip_address("::1"))
@@ -567,17 +590,21 @@ class HandshakeTests(_LeafBase):
         return None
 
     def test_dnsName(self):
+        """A client checking a DNS name accepts its leaf."""
         self.assertIsNone(self.handshake(self.leaf("tls.example"), "tls.example"))
 
     def test_longName(self):
+        """A name too long for a CN (empty subject, critical SAN) is accepted."""
         name = "b" * 60 + ".example.com"
         self.assertIsNone(self.handshake(self.leaf(name), name))
 
     def test_ipAddress(self):
+        """IPv4 and IPv6 targets are checked against the iPAddress SAN."""
         for ip in ("127.0.0.1", "::1"):
             self.assertIsNone(self.handshake(self.leaf(ip), ip))
 
     def test_rsaLeaf(self):
+        """A leaf with the shared RSA key is accepted."""
         leaf = self.leaf("rsa.example", self.factory(keyType="rsa"))
         self.assertIsNone(self.handshake(leaf, "rsa.example"))
 
@@ -648,6 +675,7 @@ class InFlightTests(_LeafBase):
         d.callback(f(*args))
 
     def test_oneGeneration(self):
+        """Three concurrent asks for one host, however spelled, make one leaf."""
         asks = [self.factory.leafFor(name) for name in ("x.example", "X.example", "x.example.")]
         other = self.factory.leafFor("y.example")
         self.assertEqual(len(self.jobs), 2)

@@ -104,15 +104,18 @@ class ShowPathExportTests(_Base):
         self.assertIn(f"{self.authority.notAfter:%Y-%m-%d %H:%M} UTC", out)
 
     def test_path(self):
+        """path prints the absolute path of ca.pem and nothing else."""
         self.assertEqual(self.ca("path"), (0, self.authority.certPath + "\n", ""))
 
     def test_exportStdout(self):
+        """export writes the PEM to stdout."""
         status, out, err = self.ca("export")
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(out.encode("ascii"), self.authority.certPEM)
         self.assertEqual(x509.load_pem_x509_certificate(out.encode()), self.authority.certificate)
 
     def test_exportFile(self):
+        """export --out writes the PEM to the file and prints nothing."""
         target = self.mktemp()
         self.assertEqual(self.ca("export", "--out", target), (0, "", ""))
         with open(target, "rb") as f:
@@ -126,6 +129,7 @@ class ShowPathExportTests(_Base):
         self.failed("ca", "show", "--ca-dir", self.directory)
 
     def test_exportUnwritable(self):
+        """An --out that cannot be written is one line naming it."""
         err = self.failed("ca", "export", "--ca-dir", self.directory, "--out", "/nonexistent/x.pem")
         self.assertIn("/nonexistent/x.pem: cannot write it", err)
 
@@ -139,6 +143,7 @@ class ErrorTests(_Base):
         self.assertFalse(os.path.exists(self.directory))
 
     def test_garbage(self):
+        """A ca.pem that is not PEM is one line naming the file."""
         os.mkdir(self.directory)
         with open(os.path.join(self.directory, "ca.pem"), "w") as f:
             f.write("garbage\n")
@@ -173,12 +178,14 @@ class HelpTests(_Base):
             self.assertIn(text, out)
 
     def test_help(self):
+        """proxyd --help lists the commands and points to twistd for the daemon."""
         status, out, _ = self.proxyd("--help")
         self.assertEqual(status, 0)
         self.assertIn("ca", out)
         self.assertIn("twistd", out)
 
     def test_version(self):
+        """proxyd --version prints the version."""
         status, out, _ = self.proxyd("--version")
         self.assertEqual(status, 0)
         self.assertTrue(out.startswith("proxyd "))
