@@ -610,9 +610,9 @@ class ProxyFactory(Factory):
         options = self._serverTLS.get(leaf.serial)
         if options is None:
             options = CertificateOptions(
-                privateKey=leaf.pkey,
-                certificate=leaf.x509,
-                extraCertChain=[self.leaves.ca.x509],
+                privateKey=leaf.key,
+                certificate=leaf.certificate,
+                extraCertChain=[self.leaves.ca.certificate],
                 raiseMinimumTo=TLSVersion.TLSv1_2,
                 acceptableProtocols=[b"http/1.1"],
             )
