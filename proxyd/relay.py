@@ -101,14 +101,19 @@ class Relay:
         self._closeOther(self.client.transport, reason)
 
     def _closeOther(self, transport, reason):
+        """
+        Close the other side after what was already relayed is sent.  A
+        byte relay has no framing to protect, and TLS peers often close
+        without close_notify (reported as an error): aborting would throw
+        away their last bytes, such as a WebSocket close frame.
+        """
         try:
             transport.unregisterProducer()
         except Exception:
             pass
-        if reason.check(ConnectionDone):
-            transport.loseConnection()
-        else:
-            transport.abortConnection()
+        if not reason.check(ConnectionDone):
+            self._log.info("Relay peer closed: {why}", why=reason.getErrorMessage())
+        transport.loseConnection()
 
     def abort(self):
         """End the relay now (idle timeout, shutdown)."""

@@ -16,7 +16,10 @@ import ssl
 from OpenSSL import SSL
 from twisted.internet import ssl as tssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from service_identity import VerificationError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 # X509_V_ERR_* codes worth naming (openssl/x509_vfy.h).
@@ -86,27 +89,52 @@ def upstreamTrust(extraFiles=()):
 @implementer(IOpenSSLClientConnectionCreator)
 class VerifyingCreator:
     """
-    optionsForClientTLS, plus a record of why verification failed.
+    optionsForClientTLS (SNI, the trust root), with a verify callback of
+    proxyd's own that checks the chain and the name and remembers why a
+    check failed, for the 502 body.
 
-    @ivar lastError: (errno, depth) of the last verify failure, keyed per
-        connection in C{errors}.
+    The callback replaces the one optionsForClientTLS installs, so it
+    does that callback's job too: at depth 0 the leaf is checked against
+    the host name (or IP address) with service_identity's public API.
     """
+
+    _log = Logger()
 
     def __init__(self, hostname, trustRoot, acceptableProtocols=(b"http/1.1",)):
         self.hostname = hostname
+        self._isIP = _isIP(hostname)
         self._options = tssl.optionsForClientTLS(
             hostname, trustRoot=trustRoot, acceptableProtocols=list(acceptableProtocols) or None
         )
 
     def clientConnectionForTLS(self, tlsProtocol):
         connection = self._options.clientConnectionForTLS(tlsProtocol)
+        hostname, isIP, log = self.hostname, self._isIP, self._log
 
         def verify(conn, cert, errno, depth, ok):
-            if not ok and not hasattr(tlsProtocol, "proxydVerifyError"):
-                tlsProtocol.proxydVerifyError = (errno, depth)
-            return ok
+            try:
+                if not ok:
+                    if not hasattr(tlsProtocol, "proxydVerifyError"):
+                        tlsProtocol.proxydVerifyError = (errno, depth)
+                    return False
+                if depth != 0:
+                    return True
+                try:
+                    leaf = cert.to_cryptography()
+                    if isIP:
+                        verify_certificate_ip_address(leaf, hostname)
+                    else:
+                        verify_certificate_hostname(leaf, hostname)
+                except VerificationError:
+                    tlsProtocol.failVerification(Failure())
+                    return False
+                return True
+            except BaseException:
+                # An exception inside an OpenSSL callback would be lost.
+                log.failure("While verifying the certificate of {host}", host=hostname)
+                return False
 
-        connection.set_verify(SSL.VERIFY_PEER, verify)
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
         return connection
 
 
@@ -152,7 +180,7 @@ def describeTLSFailure(failure, tlsProtocol, hostname):
         what = _VERIFY_ERRORS.get(errno, "certificate verify failed (error {})".format(errno))
         return "upstream certificate for {!r} rejected: {}".format(hostname, what)
     value = failure.value
-    if type(value).__name__ == "VerificationError":
+    if isinstance(value, VerificationError):
         return "upstream certificate does not match {!r} (name mismatch)".format(hostname)
     if isinstance(value, SSL.Error):
         reasons = []
