@@ -479,6 +479,18 @@ class ProxyChannel(Protocol):
         self._timedOut(state)
 
     def _timedOut(self, state):
+        if state == HEAD and self.origin is not None and self.origin[0] is not None and not self.tlsEstablished:
+            # A TLS shutdown cannot happen mid-handshake: abort.
+            self._log.info(
+                "Client {client} did not finish the TLS handshake for {name} within {t:g}s; closing",
+                client=self.client,
+                name=self.origin[0],
+                t=self.config.headerTimeout,
+            )
+            self.tlsEstablished = True  # logged once; connectionLost need not log again
+            self.state = CLOSING
+            self.transport.abortConnection()
+            return
         if state == HEAD:
             self._log.info("Client {client} sent no complete request head within {t:g}s; closing", client=self.client, t=self.config.headerTimeout)
             if self.reader.headBytes or self.reader.events:

@@ -137,3 +137,12 @@ class InterceptionTests(SynchronousTestCase):
         self.assertEqual(client.value(), b"220 smtp.example.test ESMTP\r\n")
         channel.dataReceived(b"EHLO me\r\n")
         self.assertEqual(peerT.value(), b"EHLO me\r\n")
+
+    def test_stalledHandshakeAborted(self):
+        """A client that sends its hello and then nothing is cut off after --header-timeout."""
+        proxy = self.proxy(headerTimeout=5.0)
+        channel, client, peer, peerT = self.connected(proxy)
+        channel.dataReceived(clientHello("www.example.test"))
+        self.assertFalse(client.disconnecting)
+        proxy.reactor.advance(6)
+        self.assertTrue(client.disconnecting)
