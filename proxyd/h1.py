@@ -17,6 +17,8 @@ their turn) and lets its exceptions propagate normally.
 
 import httptools
 
+from proxyd.headers import connectionTokens
+
 # Events, in the order a reader emits them.
 HEAD = 0  # (HEAD, RequestHead | ResponseHead)
 BODY = 1  # (BODY, bytes)
@@ -82,17 +84,6 @@ class ResponseHead:
         self.framing = NO_BODY
         self.length = 0
         self.keepAlive = True
-
-
-def _connectionTokens(headers):
-    tokens = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip().lower()
-                if token:
-                    tokens.add(token)
-    return tokens
 
 
 def _keepAlive(version, tokens):
@@ -322,7 +313,7 @@ def checkRequestHead(head):
     elif cl:
         head.framing = LENGTH
         head.length = cl
-    tokens = _connectionTokens(head.headers)
+    tokens = connectionTokens(head.headers)
     if head.framing != NO_BODY and b"upgrade" in tokens and head.method != b"CONNECT":
         return "an Upgrade request must not have a body"
     head.keepAlive = _keepAlive(head.version, tokens)
@@ -478,7 +469,7 @@ def frameResponse(head, bodyless):
             cl = int(value)
         elif lname == b"transfer-encoding":
             te = value if te is None else te + b"," + value
-    head.keepAlive = _keepAlive(head.version, _connectionTokens(head.headers))
+    head.keepAlive = _keepAlive(head.version, connectionTokens(head.headers))
     status = head.status
     if bodyless or status == 204 or status == 304:
         head.framing = NO_BODY

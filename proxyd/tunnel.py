@@ -9,6 +9,7 @@ kept and relayed first.
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from proxyd.connect import formatAddress
 from proxyd.errors import ProxyError
 from proxyd.exchange import splitAuthority
 from proxyd.relay import Relay, RelayPeer
@@ -51,7 +52,7 @@ class Tunnel:
 
     @property
     def target(self):
-        return "[{}]:{}".format(self.host, self.port) if ":" in self.host else "{}:{}".format(self.host, self.port)
+        return formatAddress(self.host, self.port)
 
     def start(self):
         channel = self.channel
@@ -68,7 +69,7 @@ class Tunnel:
         self.status = 200
         channel = self.channel
         addr = peer.transport.getPeer()
-        channel.upstreamAddress = "[{}]:{}".format(addr.host, addr.port) if ":" in addr.host else "{}:{}".format(addr.host, addr.port)
+        channel.upstreamAddress = formatAddress(addr.host, addr.port)
         channel.transport.write(ESTABLISHED)
         if channel.config.mode == "mitm":
             channel.startInterception(self, peer)

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from proxyd.connect import formatAddress
 from proxyd.h1 import ERROR, ResponseReader
 from proxyd.tlsconfig import InsecureCreator, VerifyingCreator
 
@@ -50,7 +51,7 @@ class UpstreamProtocol(Protocol):
         if noDelay is not None:
             noDelay(True)
         peer = self.transport.getPeer()
-        self.peer = "[{}]:{}".format(peer.host, peer.port) if ":" in peer.host else "{}:{}".format(peer.host, peer.port)
+        self.peer = formatAddress(peer.host, peer.port)
 
     def begin(self, exchange, head, bodyless):
         """Start an exchange: expect its response, then write its head."""
