@@ -163,6 +163,13 @@ class HttpExchange:
         if self.done:
             return
         if failure.check(ProxyError):
+            self._log.info(
+                "{client} {target}: {status} {reason}",
+                client=self.channel.client,
+                target=self.channel._targetOf(self),
+                status=failure.value.status,
+                reason=failure.value.reason,
+            )
             self.fail(failure.value.status, failure.value.reason)
         else:
             self._log.failure("Connecting to {host}:{port} failed", failure, host=self.host, port=self.port)

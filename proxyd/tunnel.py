@@ -84,6 +84,13 @@ class Tunnel:
             return
         self.done = True
         if failure.check(ProxyError):
+            self._log.info(
+                "{client} CONNECT {target}: {status} {reason}",
+                client=self.channel.client,
+                target=self.target,
+                status=failure.value.status,
+                reason=failure.value.reason,
+            )
             self.status = failure.value.status
             self.channel.sendError(failure.value.status, failure.value.reason, self)
         else:

@@ -9,7 +9,8 @@ connection that the origin closes, or that says anything, is dropped.
 """
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -17,10 +18,11 @@ from zope.interface import implementer
 
 from proxyd.connect import formatAddress
 from proxyd.h1 import ERROR, ResponseReader
-from proxyd.tlsconfig import InsecureCreator, VerifyingCreator
+from proxyd.errors import ProxyError
+from proxyd.tlsconfig import InsecureCreator, VerifyingCreator, describeTLSFailure
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class UpstreamProtocol(Protocol):
     """
     One connection to an origin.
@@ -44,6 +46,14 @@ class UpstreamProtocol(Protocol):
         self.idleSince = None
         self.lastActivity = 0.0
         self.connected = False
+
+    handshakeWaiter = None
+
+    def handshakeCompleted(self):
+        """TLS with the upstream is up: the connection is ready for requests."""
+        waiter, self.handshakeWaiter = self.handshakeWaiter, None
+        if waiter is not None:
+            waiter.callback(None)
 
     def connectionMade(self):
         self.connected = True
@@ -96,6 +106,14 @@ class UpstreamProtocol(Protocol):
     def connectionLost(self, reason=ConnectionDone()):
         self.connected = False
         self.pool.lost(self)
+        waiter, self.handshakeWaiter = self.handshakeWaiter, None
+        if waiter is not None:
+            tlsName = self.key[3]
+            why = describeTLSFailure(reason, self.transport, tlsName)
+            if why is None:
+                why = "upstream {!r} closed the connection during the TLS handshake".format(tlsName)
+            waiter.errback(ProxyError(502, why))  # logged once, by the exchange
+            return
         if self.relay is not None:
             self.relay.upstreamLost(reason)
             return
@@ -171,7 +189,24 @@ class UpstreamPool:
         factory = TLSMemoryBIOFactory(self.tlsCreator(tlsName), True, _UpstreamFactory(self, key))
         factory.noisy = False
         d = self.connector.connect(host, port, factory)
-        return d.addCallback(lambda tlsProtocol: tlsProtocol.wrappedProtocol)
+        return d.addCallback(self._handshake, tlsName)
+
+    def _handshake(self, tlsProtocol, tlsName):
+        """
+        Wait for the TLS handshake, as part of connecting: bounded by the
+        connect timeout (504), a failure reported with its reason (502).
+        """
+        conn = tlsProtocol.wrappedProtocol
+        timeout = self.connector.connectTimeout
+        waiter = conn.handshakeWaiter = Deferred()
+
+        def timedOut(result, t):
+            conn.handshakeWaiter = None  # connectionLost must not report it again
+            tlsProtocol.abortConnection()
+            raise ProxyError(504, "TLS handshake with upstream {!r} not done after {:g}s".format(tlsName, timeout))
+
+        waiter.addTimeout(timeout, self.clock, onTimeoutCancel=timedOut)
+        return waiter.addCallback(lambda _: conn)
 
     def tlsCreator(self, name):
         """The client TLS connection creator for C{name}, made once."""
