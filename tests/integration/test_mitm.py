@@ -892,3 +892,74 @@ def test_garbageClientHello(mitm, curl, tlsOrigin, name):
     assert r.returncode == 0, r.stderr
     assert r.stdout == HELLO
     assert mitm.running()
+
+
+class _StallingOrigin:
+    """
+    Accepts every TCP connection; "silent" ones never speak TLS, "closing"
+    ones close after the first bytes of the ClientHello.
+    """
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(50)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        deadline = time.monotonic() + 60
+        while not self.stopped and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            if self.mode == "closing":
+                conn.settimeout(5)
+                try:
+                    conn.recv(16)
+                except OSError:
+                    pass
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def close(self):
+        self.stopped = True
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode,status,words", [
+    ("silent", 504, ("tls handshake", "not done after 2s")),
+    ("closing", 502, ("closed the connection during the tls handshake",)),
+])
+def test_upstreamHandshakeBoundedByConnectTimeout(proxyd, tmp_path, mode, status, words):
+    """
+    An origin that accepts TCP but never finishes TLS gives a 504 after
+    --connect-timeout (not the 300 s idle timeout); one that closes during
+    the handshake gives a 502 saying so; each is logged once.
+    """
+    origin = _StallingOrigin(mode)
+    try:
+        d = startMitm(proxyd, tmp_path / "ca", "--connect-timeout", "2")
+        started = time.monotonic()
+        r = _get(d, "https://localhost:%d/x" % origin.port, d.caPem, timeout=20)
+        elapsed = time.monotonic() - started
+        assert r.status_code == status, (r.status_code, r.text)
+        body = r.text.lower()
+        for w in words:
+            assert w in body, (w, r.text)
+        assert elapsed < 10, elapsed
+        waitFor(lambda: words[0] in d.logText().lower(), 5)
+        assert sum(words[0] in line.lower() for line in d.logText().splitlines()) == 1, d.logText()
+        assert d.running()
+    finally:
+        origin.close()
