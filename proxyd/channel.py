@@ -10,18 +10,16 @@ or tunnel in flight.
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from proxyd import h1
-from proxyd.connect import UpstreamConnector
 from proxyd.errors import ProxyError, errorResponse
 from proxyd.tlsconfig import sslReason
 from proxyd.exchange import HttpExchange, _Pauser, parseAbsoluteURL
 from proxyd.selfpages import renderPage, selfPage
 from proxyd.tunnel import Tunnel, parseConnectTarget
-from proxyd.upstream import UpstreamPool
 
 # Reading from the client stops while this many request bytes wait in the
 # reader's queue (pipelined requests, or a body waiting for its upstream).
@@ -558,95 +556,3 @@ class ProxyChannel(Protocol):
                 "upstream": self.upstreamAddress,
             }
         )
-
-
-class _Refuse(Protocol):
-    """Over --max-connections: a short 503, then close."""
-
-    def connectionMade(self):
-        self.transport.write(errorResponse(503, "too many connections; try again later"))
-        self.transport.loseConnection()
-
-
-class ProxyFactory(Factory):
-    noisy = False
-    """
-    Builds a L{ProxyChannel} per client connection and holds what they share:
-    configuration, the upstream pool and connector, the access log.
-    """
-
-    _log = Logger()
-
-    def __init__(self, config, reactor, accessLog=None):
-        from proxyd.policy import ClientPolicy
-
-        self.config = config
-        self.clock = reactor
-        self.reactor = reactor
-        self.accessLog = accessLog
-        self.clientPolicy = ClientPolicy(config.allow)
-        self.connector = UpstreamConnector(reactor, config.addressPolicy, config.connectTimeout)
-        self.pool = UpstreamPool(
-            reactor,
-            self.connector,
-            maxHeadSize=config.maxHeaderSize,
-            idleTimeout=min(config.idleTimeout, 60.0),
-            trustRoot=config.trustRoot,
-            tlsInsecure=config.upstreamInsecure,
-        )
-        self.channels = set()
-        self._saturated = False
-        self.leaves = None
-        self._serverTLS = {}
-        if config.ca is not None:
-            from proxyd.ca import LeafFactory
-
-            self.leaves = LeafFactory(config.ca, config.leafKey, clock=reactor)
-            self._log.info(
-                "mitm: CA certificate {path} (SHA-256 {fingerprint}){created}. "
-                "Clients must trust it: curl --cacert {path}; see 'proxyd ca --help' for browsers and Python",
-                path=config.ca.certPath,
-                fingerprint=config.ca.fingerprint,
-                created=", created now" if config.ca.created else "",
-            )
-        if config.upstreamInsecure:
-            self._log.warn("--upstream-insecure: upstream TLS certificates are NOT verified")
-
-    def serverTLS(self, leaf):
-        """
-        The server-side TLS options for an intercepted host: its leaf, the
-        CA after it, TLS 1.2+, ALPN http/1.1.  Made once per leaf.
-        """
-        from twisted.internet.ssl import CertificateOptions, TLSVersion
-
-        options = self._serverTLS.get(leaf.serial)
-        if options is None:
-            options = CertificateOptions(
-                privateKey=leaf.key,
-                certificate=leaf.certificate,
-                extraCertChain=[self.leaves.ca.certificate],
-                raiseMinimumTo=TLSVersion.TLSv1_2,
-                acceptableProtocols=[b"http/1.1"],
-            )
-            if len(self._serverTLS) >= self.leaves.cacheSize:
-                self._serverTLS.pop(next(iter(self._serverTLS)))
-            self._serverTLS[leaf.serial] = options
-        return options
-
-    def buildProtocol(self, addr):
-        if len(self.channels) >= self.config.maxConnections:
-            if not self._saturated:
-                self._saturated = True
-                self._log.warn("--max-connections {n} reached; refusing new connections", n=self.config.maxConnections)
-            return _Refuse()
-        self._saturated = False
-        return ProxyChannel(self)
-
-    def connectionOpened(self, channel):
-        self.channels.add(channel)
-
-    def connectionClosed(self, channel):
-        self.channels.discard(channel)
-
-    def doStop(self):
-        self.pool.closeAll()

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from proxyd.relay import Relay
-from proxyd.sniff import HTTP, NEED_MORE, OTHER, TLS, ClientHelloError, ClientHelloReader, classify
+from proxyd.sniff import HTTP, NEED_MORE, TLS, ClientHelloError, ClientHelloReader, classify
 
 INTERCEPT = "intercept"
 TUNNEL = "tunnel"

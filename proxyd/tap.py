@@ -108,7 +108,7 @@ def makeService(options):
     from twisted.internet import reactor
 
     from proxyd.accesslog import AccessLog
-    from proxyd.channel import ProxyFactory
+    from proxyd.factory import ProxyFactory
     from proxyd.service import ProxyService
 
     proxyConfig = options["proxyConfig"]

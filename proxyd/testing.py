@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from proxyd.channel import ProxyFactory
+from proxyd.factory import ProxyFactory
 from proxyd.config import ProxyConfig
 from proxyd.policy import AddressPolicy, PortSet
 

@@ -272,7 +272,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_assembles(self):
         """makeService gives a ProxyService over a ProxyFactory with the
         config and the access log."""
-        from proxyd.channel import ProxyFactory
+        from proxyd.factory import ProxyFactory
 
         log = self.mktemp()
         options = _parse("--listen", "tcp:0:interface=127.0.0.1", "--access-log", log)
