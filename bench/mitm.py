@@ -1,0 +1,1711 @@
+#!/usr/bin/env python3
+"""proxyd --mode mitm against mitmdump and proxy.py, TLS interception on one loopback HTTPS origin.
+
+Run it with bench/mitm.sh (see "mitm.py" in bench/README.md). In one run it
+installs what it needs (venvs under bench/.work/mitm with pip; nginx, curl and
+openssl from Debian if missing), makes a throwaway origin CA and a "localhost"
+certificate with openssl, starts one nginx HTTPS origin on 127.0.0.1 and the
+intercepting proxies (each pinned to one core), then measures:
+
+  conn   new intercepted connections/s: CONNECT + TLS handshake + one small GET
+         + close, by a multi-process Python client, concurrency 10
+  ka     keep-alive requests/s inside intercepted connections (c=1 and c=10)
+  dl     MB/s of a 1 GiB intercepted download (curl), and the no-proxy baseline
+  slow   RSS growth of the proxy while a 1 MB/s reader downloads (curl --limit-rate)
+
+The same client measures the origin directly (no proxy): that is its ceiling.
+Raw results go to bench/results/mitm-*.json, the printed table to
+bench/results/mitm-*.txt.
+
+Not part of the test suite. Loopback only: every socket is on 127.0.0.1. Every
+process it starts is stopped on exit, Ctrl-C, SIGTERM and SIGHUP; every loop and
+wait is bounded in count and time.
+"""
+
+import argparse
+import atexit
+import datetime
+import errno
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = BENCH / ".work" / "mitm"
+RESULTS = BENCH / "results"
+LOOPBACK = "127.0.0.1"
+HOSTNAME = "localhost"          # the origin's name: CONNECT target, SNI, certificate SAN
+SMALL_SIZE = 1024
+
+ALL_PROXIES = ["baseline", "proxyd", "proxyd-rsa", "mitmdump", "proxypy"]
+DEFAULT_PROXIES = ["baseline", "proxyd", "mitmdump", "proxypy"]
+ALL_MEASURES = ["conn", "ka", "dl", "slow"]
+DEBIAN_PACKAGES = {"nginx": "nginx", "curl": "curl", "openssl": "openssl", "taskset": "util-linux"}
+
+# Targets for proxyd from issue 4 ("How it is checked", bench/).
+TARGETS = ("new connections/s >= 3x mitmdump; keep-alive req/s >= proxy.py's and never below "
+           "3x mitmdump; download MB/s >= 1.5x mitmdump; slow-reader RSS growth < 2 MiB")
+# What the issue says the peers measure on this machine, for comparison.
+ISSUE_FIGURES = "mitmdump 160, proxy.py 230 new conn/s; 840 and 2,600 keep-alive req/s; " \
+                "mitmdump 300 MB/s (proxy.py stalls); mitmdump RSS growth < 1 MiB"
+
+
+def log(msg):
+    print(f"[mitm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+class Procs:
+    """Every long-running process the bench starts, each in its own process group."""
+
+    def __init__(self):
+        self.procs = []   # (name, Popen)
+
+    def start(self, name, argv, cpu=None, cwd=None, env=None, logfile=None):
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu)] + list(argv)
+        log(f"start {name}: {' '.join(shlex.quote(str(a)) for a in argv)}")
+        out = open(logfile, "ab") if logfile else subprocess.DEVNULL
+        try:
+            p = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if logfile:
+                out.close()
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p, timeout=10.0):
+        """SIGTERM p's process group, SIGKILL after timeout (children included)."""
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            log(f"pid {p.pid} did not exit after SIGKILL")
+        self.procs = [(n, q) for n, q in self.procs if q is not p]
+
+    def stop_all(self):
+        for name, p in list(reversed(self.procs)):
+            log(f"stop {name} (pid {p.pid})")
+            self.stop(p, timeout=5.0)
+
+
+PROCS = Procs()
+CLIENT_PROCS = []   # multiprocessing workers alive right now (killed on exit too)
+
+
+def _stop_clients():
+    for w in list(CLIENT_PROCS):
+        if w.is_alive():
+            w.kill()
+        w.join(2)
+    CLIENT_PROCS.clear()
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(f"mitm bench: signal {signum}, stopping")
+
+
+def run(argv, timeout, check=True, cpu=None, env=None, cwd=None, quiet=False, input=None):
+    """Run a short command, bounded in time."""
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu)] + list(argv)
+    argv = [str(a) for a in argv]
+    if not quiet:
+        log("run: " + " ".join(shlex.quote(a) for a in argv))
+    p = subprocess.run(argv, stdin=None if input is not None else subprocess.DEVNULL, input=input,
+                       capture_output=True, timeout=timeout, env=env, cwd=cwd)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {p.returncode}: {p.stderr.decode(errors='replace')[-2000:]}")
+    return p
+
+
+def port_free(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_port(port, proc=None, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def wait_file(path, proc=None, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+# ------------------------------------------------------------- /proc: RSS, CPU
+
+def _children_map():
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def tree_pids(pid):
+    kids = _children_map()
+    out, todo = [], [pid]
+    while todo and len(out) < 10000:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def rss_kib(pid):
+    """VmRSS of pid and its descendants, KiB."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """user+system CPU time of pid and its descendants, seconds."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+class RssSampler:
+    def __init__(self, pid, interval=0.1):
+        self.pid, self.interval = pid, interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        t0 = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - t0 < 3600:
+            self.samples.append(rss_kib(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.before = rss_kib(self.pid) if self.pid else 0
+        if self.pid:
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.pid:
+            self._t.join(5)
+            self.after = rss_kib(self.pid)
+        else:
+            self.after = 0
+
+    def result(self):
+        if not self.pid:
+            return None
+        peak = max(self.samples + [self.before, self.after])
+        return {"before_kib": self.before, "peak_kib": peak, "after_kib": self.after,
+                "growth_kib": peak - self.before, "samples": len(self.samples)}
+
+
+# ------------------------------------------------------------------ install
+
+def ensure_debian(binaries, no_install):
+    missing = sorted({DEBIAN_PACKAGES[b] for b in binaries if not shutil.which(b)})
+    if not missing:
+        return
+    if no_install:
+        raise SystemExit(f"mitm bench: missing Debian packages {missing} and --no-install given")
+    if os.geteuid() != 0:
+        raise SystemExit(f"mitm bench: need root to apt-get install {missing}")
+    # nginx's postinst must not start the system's own nginx (port 80, system config)
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = False
+    if not policy.exists():
+        policy.write_text("#!/bin/sh\n# temporary, written by proxyd bench/mitm.py\nexit 101\n")
+        policy.chmod(0o755)
+        made_policy = True
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-q"], timeout=600, env=env)
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing, timeout=1200, env=env)
+    finally:
+        if made_policy:
+            policy.unlink()
+    still = [b for b in binaries if not shutil.which(b)]
+    if still:
+        raise SystemExit(f"mitm bench: still missing after apt-get install: {still}")
+
+
+def venv(name, python, packages, upgrade=False):
+    """bench/.work/mitm/venv-NAME with PACKAGES pip-installed once (marker file)."""
+    d = WORK / f"venv-{name}"
+    marker = d / ".bench-installed"
+    want = " ".join(packages)
+    if marker.exists() and marker.read_text() == want and not upgrade:
+        return d
+    if not (d / "bin" / "python").exists():
+        run([python, "-m", "venv", d], timeout=300)
+    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check"]
+        + (["--upgrade"] if upgrade else []) + list(packages), timeout=1800)
+    marker.write_text(want)
+    return d
+
+
+def proxyd_source(src):
+    """A copy of the work tree (tracked and untracked-but-not-ignored files, bench/ left out),
+    so that pip builds nothing inside the repo."""
+    dst = WORK / "proxyd-src"
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    files = run(["git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                timeout=60, quiet=True).stdout.split(b"\0")
+    for f in files:
+        rel = f.decode()
+        if not rel or rel.startswith("bench/"):
+            continue
+        s, d = Path(src) / rel, dst / rel
+        if s.is_file():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s, d)
+    return dst
+
+
+_PROXYD_VENV = []   # installed once per run, shared by proxyd and proxyd-rsa
+
+
+def install_proxyd(python, src):
+    if _PROXYD_VENV:
+        return _PROXYD_VENV[0]
+    d = venv("proxyd", python, ["wheel"])
+    tree = proxyd_source(src)
+    # dependencies (cached after the first run), then the tree itself, always reinstalled
+    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", tree], timeout=1800)
+    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--force-reinstall", tree], timeout=600)
+    _PROXYD_VENV.append(d)
+    return d
+
+
+def git_info(src):
+    def g(*a):
+        p = subprocess.run(["git", "-C", str(src)] + list(a), capture_output=True, timeout=30)
+        return p.stdout.decode().strip() if p.returncode == 0 else None
+    status = g("status", "--porcelain", "--untracked-files=no") or ""
+    untracked = (g("ls-files", "--others", "--exclude-standard") or "").splitlines()
+    return {"commit": g("rev-parse", "HEAD"), "subject": g("log", "-1", "--format=%s"),
+            "date": g("log", "-1", "--format=%cI"), "branch": g("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty_files_outside_bench": len([l for l in status.splitlines() if not l[3:].startswith("bench/")]),
+            "untracked_files_outside_bench": len([f for f in untracked if not f.startswith("bench/")])}
+
+
+def pip_version(d, dist):
+    p = run([d / "bin" / "python", "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+            timeout=60, check=False, quiet=True)
+    return p.stdout.decode().strip() or None
+
+
+def deb_version(pkg):
+    p = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, timeout=30)
+    return p.stdout.decode().strip() or None
+
+
+# --------------------------------------------------------------- certificates
+
+def openssl(*args, input=None):
+    return run(["openssl"] + [str(a) for a in args], timeout=60, quiet=True, input=input)
+
+
+def make_origin_pki():
+    """A throwaway origin CA (ECDSA P-256) and a certificate for "localhost" signed by it."""
+    d = WORK / "pki"
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = d / "origin-ca.pem", d / "origin-ca.key"
+    crt, key = d / "localhost.pem", d / "localhost.key"
+    if all(p.exists() for p in (ca, ca_key, crt, key)):
+        end = openssl("x509", "-in", crt, "-noout", "-checkend", str(7 * 86400))
+        if end.returncode == 0:
+            return ca, crt, key
+    log("making the origin CA and the localhost certificate (openssl)")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", ca_key, "-out", ca, "-days", "90", "-subj", "/CN=proxyd bench throwaway origin CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext", "subjectKeyIdentifier=hash")
+    csr = d / "localhost.csr"
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", f"/CN={HOSTNAME}")
+    ext = d / "localhost.ext"
+    ext.write_text(f"subjectAltName=DNS:{HOSTNAME}\nbasicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", crt, "-days", "60", "-sha256", "-extfile", ext)
+    for p in (ca_key, key):
+        p.chmod(0o600)
+    return ca, crt, key
+
+
+def make_proxypy_ca():
+    """proxy.py's three files, as its README makes them: an RSA CA key and self-signed CA
+    certificate, and a separate RSA key that every generated leaf uses."""
+    d = WORK / "proxypy" / "ca"
+    d.mkdir(parents=True, exist_ok=True)
+    key, crt, sign = d / "ca-key.pem", d / "ca-cert.pem", d / "ca-signing-key.pem"
+    if not all(p.exists() for p in (key, crt, sign)):
+        log("making proxy.py's CA (openssl)")
+        openssl("genrsa", "-out", key, "2048")
+        openssl("req", "-new", "-x509", "-days", "90", "-key", key, "-out", crt,
+                "-subj", "/CN=proxy.py bench CA")
+        openssl("genrsa", "-out", sign, "2048")
+    return key, crt, sign
+
+
+def cert_summary(der):
+    """Key type and issuer of a DER certificate, via openssl."""
+    p = run(["openssl", "x509", "-inform", "DER", "-noout", "-text"], timeout=30, check=False,
+            quiet=True, input=der)
+    text = p.stdout.decode(errors="replace")
+    alg = re.search(r"Public Key Algorithm: (\S+)", text)
+    bits = re.search(r"Public-Key: \((\d+) bit\)", text)
+    issuer = re.search(r"Issuer: (.*)", text)
+    kind = {"rsaEncryption": "RSA", "id-ecPublicKey": "ECDSA"}.get(alg.group(1) if alg else "", "?")
+    return {"key": f"{kind}-{bits.group(1)}" if bits else kind,
+            "issuer": issuer.group(1).strip() if issuer else None}
+
+
+# ------------------------------------------------------------------- origin
+
+def prepare_www(big_mib):
+    www = WORK / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    small = www / "small"
+    if not small.exists() or small.stat().st_size != SMALL_SIZE:
+        small.write_bytes((b"proxyd mitm bench small response body.\n" * 64)[:SMALL_SIZE - 1] + b"\n")
+    big = www / "big"
+    size = big_mib * 1024 * 1024
+    if not big.exists() or big.stat().st_size != size:
+        if big.exists():
+            big.unlink()
+        shared = BENCH / ".work" / "www" / "big"     # run.py's, if it is there: same bytes, no copy
+        try:
+            if shared.stat().st_size == size:
+                os.link(shared, big)
+        except OSError:
+            pass
+        if not big.exists():
+            log(f"generating {big} ({big_mib} MiB of random bytes, once)")
+            tmp = big.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                for _ in range(big_mib):
+                    f.write(os.urandom(1024 * 1024))
+            tmp.rename(big)
+    for p in (WORK, www):
+        p.chmod(0o755)
+    return size
+
+
+def start_origin(port, cpu, crt, key):
+    d = WORK / "nginx"
+    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    conf = d / "nginx.conf"
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(f"""\
+# HTTPS origin for proxyd bench/mitm.py: loopback only, its own paths, no system config
+{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 10000000;
+    server {{
+        listen {LOOPBACK}:{port} ssl;
+        server_name {HOSTNAME};
+        ssl_certificate {crt};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root {WORK}/www;
+        location / {{ }}
+    }}
+}}
+""")
+    if not port_free(port):
+        raise SystemExit(f"mitm bench: origin port {port} is busy (use --port-base)")
+    p = PROCS.start("nginx", ["nginx", "-p", f"{d}/", "-e", d / "error.log", "-c", conf], cpu=cpu,
+                    logfile=d / "stdout.log")
+    if not wait_port(port, p, 20):
+        raise SystemExit(f"mitm bench: nginx did not start; see {d}/error.log")
+    return p
+
+
+# ------------------------------------------------------------------ proxies
+
+class Proxy:
+    name = label = "?"
+
+    def __init__(self, args, port, origin_port, origin_ca):
+        self.args, self.port, self.origin_port, self.origin_ca = args, port, origin_port, origin_ca
+        self.dir = WORK / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.version = None
+        self.flags = ""
+        self.ca = None        # the CA the client must trust to talk through this proxy
+
+    def install(self):
+        pass
+
+    def prepare(self):
+        pass
+
+    def argv(self):
+        raise NotImplementedError
+
+    def env(self):
+        (self.dir / "home").mkdir(exist_ok=True)
+        return dict(os.environ, HOME=str(self.dir / "home"))
+
+    def after_start(self, proc):
+        """Wait for what the proxy writes at start (its CA). Returns an error or None."""
+        return None
+
+
+class Baseline(Proxy):
+    name, label = "baseline", "no proxy"
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.ca = self.origin_ca
+        self.port = None
+
+
+class Proxyd(Proxy):
+    name, label = "proxyd", "proxyd"
+    leaf_key = None
+
+    def install(self):
+        self.venv = install_proxyd(self.args.python, self.args.proxyd_src)
+        self.git = git_info(self.args.proxyd_src)
+        self.version = f"{pip_version(self.venv, 'proxyd')} @{(self.git['commit'] or '?')[:10]}"
+
+    def prepare(self):
+        self.ca_dir = WORK / "proxyd-ca"     # proxyd makes it on first start (0700, key 0600)
+        self.ca = self.ca_dir / "ca.pem"
+
+    def argv(self):
+        a = [self.venv / "bin" / "twistd", "-n", "--pidfile=", "proxyd", "--mode", "mitm",
+             "--listen", f"tcp:{self.port}:interface={LOOPBACK}", "--connect-ports", "*",
+             "--ca-dir", self.ca_dir, "--upstream-ca", self.origin_ca]
+        if self.leaf_key:
+            a += ["--leaf-key", self.leaf_key]
+        a += shlex.split(self.args.proxyd_args or "")
+        self.flags = " ".join(str(x) for x in a[1:])
+        return a
+
+    def after_start(self, proc):
+        return None if wait_file(self.ca, proc, 30) else f"no {self.ca} after start"
+
+
+class ProxydRsa(Proxyd):
+    name, label = "proxyd-rsa", "proxyd rsa"
+    leaf_key = "rsa"
+
+
+
+class Mitmdump(Proxy):
+    name, label = "mitmdump", "mitmdump"
+
+    def install(self):
+        self.venv = venv("mitmproxy", self.args.python, ["mitmproxy"], upgrade=self.args.upgrade)
+        self.version = pip_version(self.venv, "mitmproxy")
+
+    def prepare(self):
+        self.confdir = self.dir / "confdir"    # mitmproxy makes its CA here on first start
+        self.ca = self.confdir / "mitmproxy-ca-cert.pem"
+
+    def argv(self):
+        # stream_large_bodies: otherwise mitmdump holds each body whole (1 GiB download = 1 GiB RAM).
+        # ssl_verify_upstream_trusted_ca: the origin CA (upstream verification stays on).
+        a = [self.venv / "bin" / "mitmdump", "--listen-host", LOOPBACK, "-p", self.port, "-q",
+             "--set", f"confdir={self.confdir}", "--set", "stream_large_bodies=1m",
+             "--set", f"ssl_verify_upstream_trusted_ca={self.origin_ca}"]
+        self.flags = " ".join(str(x) for x in a[1:])
+        return a
+
+    def after_start(self, proc):
+        return None if wait_file(self.ca, proc, 30) else f"no {self.ca} after start"
+
+
+class ProxyPy(Proxy):
+    name, label = "proxypy", "proxy.py"
+
+    def install(self):
+        self.venv = venv("proxypy", self.args.python, ["proxy.py"], upgrade=self.args.upgrade)
+        self.version = pip_version(self.venv, "proxy.py")
+
+    def prepare(self):
+        self.ca_key, self.ca, self.signing_key = make_proxypy_ca()
+        self.cert_dir = self.dir / "certs"     # its leaf cache on disk: emptied each run
+        if self.cert_dir.exists():
+            shutil.rmtree(self.cert_dir)
+        self.cert_dir.mkdir(parents=True)
+
+    def argv(self):
+        # One acceptor process (beside the main one) that does the work (threadless, local
+        # executor: its defaults) on the one pinned core, as in run.py. --ca-file: the bundle
+        # it verifies upstreams with (default certifi) -> the origin CA.
+        a = [self.venv / "bin" / "proxy", "--hostname", LOOPBACK, "--port", self.port,
+             "--num-acceptors", "1", "--num-workers", "1", "--log-level", "WARNING",
+             "--data-dir", self.dir / "data",
+             "--ca-key-file", self.ca_key, "--ca-cert-file", self.ca,
+             "--ca-signing-key-file", self.signing_key, "--ca-cert-dir", self.cert_dir,
+             "--ca-file", self.origin_ca]
+        self.flags = " ".join(str(x) for x in a[1:])
+        return a
+
+
+PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydRsa, Mitmdump, ProxyPy)}
+
+
+# ------------------------------------------------------------------- client
+#
+# Runs in worker processes (fork), pinned to the client core. Raw sockets: CONNECT,
+# read the proxy's answer, then ssl.wrap_socket with only the proxy's CA trusted, so
+# a verified handshake proves the connection was intercepted.
+
+class ProtoError(Exception):
+    pass
+
+
+_CL = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
+
+
+def _read_head(sock, buf):
+    n = 0
+    while True:
+        i = buf.find(b"\r\n\r\n")
+        if i >= 0:
+            head = bytes(buf[:i + 2]).lower()
+            del buf[:i + 4]
+            return head
+        if len(buf) > 65536 or n > 10000:
+            raise ProtoError("response head too long")
+        d = sock.recv(65536)
+        n += 1
+        if not d:
+            raise ProtoError("closed before the response head")
+        buf += d
+
+
+def _read_response(sock, buf, method=b"GET"):
+    """(status, body length, keep-alive) of one response; the body is read and dropped."""
+    head = _read_head(sock, buf)
+    try:
+        status = int(head[9:12])
+    except ValueError:
+        raise ProtoError(f"bad status line {head[:40]!r}")
+    keep = b"\r\nconnection: close" not in head
+    if method == b"CONNECT" or status in (204, 304) or 100 <= status < 200:
+        return status, 0, keep
+    m = _CL.search(head)
+    if m:
+        want = int(m.group(1))
+        while len(buf) < want:
+            d = sock.recv(max(65536, want - len(buf)))
+            if not d:
+                raise ProtoError(f"closed after {len(buf)} of {want} body bytes")
+            buf += d
+        del buf[:want]
+        return status, want, keep
+    if b"\r\ntransfer-encoding:" in head and b"chunked" in head:
+        total = 0
+        for _ in range(100000):
+            while b"\r\n" not in buf:
+                d = sock.recv(65536)
+                if not d:
+                    raise ProtoError("closed in a chunk header")
+                buf += d
+            i = buf.index(b"\r\n")
+            size = int(bytes(buf[:i]).split(b";")[0], 16)
+            del buf[:i + 2]
+            while len(buf) < size + 2:
+                d = sock.recv(65536)
+                if not d:
+                    raise ProtoError("closed in a chunk")
+                buf += d
+            del buf[:size + 2]
+            total += size
+            if size == 0:
+                return status, total, keep
+        raise ProtoError("too many chunks")
+    total = len(buf)      # close-delimited
+    buf.clear()
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return status, total, False
+        total += len(d)
+
+
+def _open(target, ctx, timeout=10.0):
+    """A TLS connection to the origin through the proxy (CONNECT), or directly."""
+    proxy_port, origin_port = target["proxy_port"], target["origin_port"]
+    s = socket.create_connection((LOOPBACK, proxy_port or origin_port), timeout=timeout)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if proxy_port:
+            s.sendall(f"CONNECT {HOSTNAME}:{origin_port} HTTP/1.1\r\n"
+                      f"Host: {HOSTNAME}:{origin_port}\r\n\r\n".encode())
+            buf = bytearray()
+            status, _, _ = _read_response(s, buf, b"CONNECT")
+            if status != 200:
+                raise ProtoError(f"CONNECT answered {status}")
+            if buf:
+                raise ProtoError("bytes after the CONNECT answer")
+        return ctx.wrap_socket(s, server_hostname=HOSTNAME)
+    except BaseException:
+        s.close()
+        raise
+
+
+def _client_ctx(cafile):
+    ctx = ssl.create_default_context(cafile=str(cafile))   # only this CA: check_hostname on
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _request(origin_port, close):
+    return (f"GET /small HTTP/1.1\r\nHost: {HOSTNAME}:{origin_port}\r\nUser-Agent: proxyd-mitm-bench\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+class _Conn:
+    """One client connection, non-blocking, driven by its worker's selector.
+
+    conn mode: connect, CONNECT, TLS handshake, one GET with Connection: close, close,
+    and again. ka mode: the same connection for GET after GET (reopened, and counted
+    as an error, if the proxy closes it)."""
+
+    def __init__(self, w):
+        self.w = w
+        self.open()
+
+    def open(self):
+        w = self.w
+        self.sock = self.ss = self.registered = None
+        self.ev = selectors.EVENT_WRITE
+        self.buf = bytearray()
+        self.t0 = self.active = time.monotonic()
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = s
+        err = s.connect_ex((LOOPBACK, w.proxy_port or w.origin_port))
+        self.state = "connecting"
+        if err not in (0, errno.EINPROGRESS):
+            self.fail(OSError(err, os.strerror(err)))
+            return
+        w.sel.register(s, selectors.EVENT_WRITE, self)
+        self.registered = s
+
+    def _want(self, ev):
+        if self.ev != ev:
+            self.w.sel.modify(self.registered, ev, self)
+            self.ev = ev
+
+    def close(self):
+        if self.registered is not None:
+            try:
+                self.w.sel.unregister(self.registered)
+            except (KeyError, ValueError):
+                pass
+            self.registered = None
+        for s in (self.ss, self.sock):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.ss = self.sock = None
+
+    def fail(self, e):
+        self.w.error(e)
+        self.close()
+        if self.w.running():
+            if self.w.mode == "ka":
+                self.w.reconnects += 1
+            self.w.reopen.append(self)    # from the loop, not from here (no recursion)
+
+    def step(self, mask):
+        self.active = time.monotonic()
+        try:
+            getattr(self, "_" + self.state.replace("-", "_"))()
+        except (OSError, ProtoError, ValueError) as e:   # ssl.SSLError is an OSError
+            self.fail(e)
+
+    def _connecting(self):
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        if self.w.proxy_port:
+            self.sock.send(self.w.connect_req)   # small: goes out whole on a fresh socket
+            self.state = "connect-reply"
+            self._want(selectors.EVENT_READ)
+        else:
+            self._start_tls()
+
+    def _connect_reply(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise ProtoError("proxy closed after CONNECT")
+        self.buf += d
+        i = self.buf.find(b"\r\n\r\n")
+        if i < 0:
+            if len(self.buf) > 65536:
+                raise ProtoError("CONNECT answer too long")
+            return
+        if self.buf[9:12] != b"200":
+            raise ProtoError(f"CONNECT answered {bytes(self.buf[:12])!r}")
+        if len(self.buf) != i + 4:
+            raise ProtoError("bytes after the CONNECT answer")
+        self.buf.clear()
+        self._start_tls()
+
+    def _start_tls(self):
+        self.w.sel.unregister(self.registered)
+        self.registered = None
+        self.ss = self.w.ctx.wrap_socket(self.sock, server_hostname=HOSTNAME, do_handshake_on_connect=False)
+        self.sock = None   # detached into ss
+        self.ev = selectors.EVENT_READ
+        self.w.sel.register(self.ss, self.ev, self)
+        self.registered = self.ss
+        self.state = "handshake"
+        self._handshake()
+
+    def _handshake(self):
+        try:
+            self.ss.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(selectors.EVENT_WRITE)
+            return
+        self._send_request()
+
+    def _send_request(self):
+        self.out = self.w.req
+        self.t_req = time.monotonic()
+        self.state = "sending"
+        self._sending()
+
+    def _sending(self):
+        while self.out:
+            try:
+                n = self.ss.send(self.out)
+            except ssl.SSLWantWriteError:
+                self._want(selectors.EVENT_WRITE)
+                return
+            except ssl.SSLWantReadError:
+                self._want(selectors.EVENT_READ)
+                return
+            self.out = self.out[n:]
+        self.state = "response"
+        self.head = None
+        self._want(selectors.EVENT_READ)
+        if self.ss.pending():
+            self._response()
+
+    def _response(self):
+        eof = False
+        for _ in range(10000):        # drain what TLS has, the selector only sees the socket
+            try:
+                d = self.ss.recv(262144)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                d = b""
+            if not d:
+                eof = True
+                break
+            self.buf += d
+        if self.head is None:
+            i = self.buf.find(b"\r\n\r\n")
+            if i < 0:
+                if eof:
+                    raise ProtoError("closed before the response head")
+                if len(self.buf) > 65536:
+                    raise ProtoError("response head too long")
+                return
+            head = bytes(self.buf[:i + 2]).lower()
+            del self.buf[:i + 4]
+            self.head = head
+            self.status = int(head[9:12])
+            self.keep = b"\r\nconnection: close" not in head
+            m = _CL.search(head)
+            self.length = int(m.group(1)) if m else None
+            self.chunked = m is None and b"\r\ntransfer-encoding:" in head and b"chunked" in head
+            if m is None and not self.chunked:
+                self.keep = False      # close-delimited
+        if self.length is not None:
+            if len(self.buf) < self.length:
+                if eof:
+                    raise ProtoError(f"closed after {len(self.buf)} of {self.length} body bytes")
+                return
+            n = self.length
+            del self.buf[:n]
+        elif self.chunked:
+            if not self.buf.endswith(b"0\r\n\r\n"):
+                if eof:
+                    raise ProtoError("closed in a chunked body")
+                return
+            n, body = 0, memoryview(self.buf)
+            for _ in range(100000):
+                j = bytes(body[:20]).find(b"\r\n")
+                size = int(bytes(body[:j]).split(b";")[0], 16)
+                body = body[j + 2 + size + 2:]
+                n += size
+                if size == 0:
+                    break
+            body.release()
+            self.buf.clear()
+        else:
+            if not eof:
+                return
+            n = len(self.buf)
+            self.buf.clear()
+        self.w.done(self, self.status, n)
+        if self.w.mode == "ka" and self.keep and not eof and self.w.running():
+            self._send_request()
+            return
+        if self.w.mode == "ka" and self.w.running():
+            self.w.error(ProtoError("the proxy closed a keep-alive connection"))
+            self.w.reconnects += 1
+        self.close()
+        if self.w.running():
+            self.open()
+
+
+class _Worker:
+    """A client process's event loop: nconns connections, ops counted in [start_at, end]."""
+
+    def __init__(self, mode, target, nconns, start_at, duration, max_ops):
+        self.mode, self.nconns = mode, nconns
+        self.proxy_port, self.origin_port = target["proxy_port"], target["origin_port"]
+        self.ctx = _client_ctx(target["ca"])
+        self.connect_req = (f"CONNECT {HOSTNAME}:{self.origin_port} HTTP/1.1\r\n"
+                            f"Host: {HOSTNAME}:{self.origin_port}\r\n\r\n").encode()
+        self.req = _request(self.origin_port, mode == "conn")
+        self.start_at, self.end, self.max_ops = start_at, start_at + duration, max_ops
+        self.sel = selectors.DefaultSelector()
+        self.ops = self.errors = self.reconnects = self.bad = 0
+        self.first_error = None
+        self.lat = []
+        self.reopen = []
+        self.stopped = False
+
+    def running(self):
+        return not self.stopped and self.errors < 1000 and self.ops < self.max_ops
+
+    def error(self, e):
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = f"{type(e).__name__}: {e}"
+
+    def done(self, c, status, n):
+        now = time.monotonic()
+        if status != 200 or n != SMALL_SIZE:
+            self.error(ProtoError(f"status {status}, {n} bytes"))
+            return
+        if self.start_at <= now <= self.end:
+            self.ops += 1
+            self.lat.append(now - (c.t0 if self.mode == "conn" else c.t_req))
+
+    def run(self):
+        # ka: connections opened and warmed up for 1 s before counting starts; conn: at start_at
+        begin = self.start_at - (1.0 if self.mode == "ka" else 0.0)
+        while time.monotonic() < begin:
+            time.sleep(min(0.01, max(0.0, begin - time.monotonic())))
+        conns = [_Conn(self) for _ in range(self.nconns)]
+        cpu0 = None
+        last_check = time.monotonic()
+        for _ in range(100_000_000):
+            now = time.monotonic()
+            if cpu0 is None and now >= self.start_at:
+                cpu0 = time.process_time()
+            if now >= self.end or not self.running():
+                break
+            for key, mask in self.sel.select(timeout=min(0.2, max(0.001, self.end - now))):
+                key.data.step(mask)
+            while self.reopen and self.running():
+                self.reopen.pop().open()
+            if now - last_check > 0.5:   # a connection silent for 10 s is a failure
+                last_check = now
+                for c in conns:
+                    if now - c.active > 10.0 and self.running():
+                        c.active = now
+                        c.fail(ProtoError(f"no progress for 10 s in state {c.state}"))
+        cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
+        self.stopped = True
+        for c in conns:
+            c.close()
+        self.sel.close()
+        return cpu
+
+
+def _worker(mode, target, nconns, start_at, duration, max_ops, cpu, conn):
+    res = {"ops": 0, "errors": 0, "first_error": None, "reconnects": 0}
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        w = _Worker(mode, target, nconns, start_at, duration, max_ops)
+        res["cpu_s"] = w.run()
+        res.update(ops=w.ops, errors=w.errors, first_error=w.first_error, reconnects=w.reconnects)
+        res["lat"] = w.lat[:200000]
+    except BaseException as e:   # report, never hang the parent
+        res["errors"] += 1
+        res["first_error"] = res["first_error"] or f"{type(e).__name__}: {e}"
+    conn.send(res)
+    conn.close()
+
+
+def _sleep_until(t):
+    for _ in range(100000):
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5))
+
+
+def run_clients(mode, target, conc, duration, cpu, procs=None, watch=None, max_ops=2_000_000):
+    """conc connections spread over procs worker processes (one event loop each), for
+    duration seconds. Returns totals: ops/s, errors, client CPU, latency, and the CPU
+    seconds each pid in watch ({name: pid}) used between the start and the end of the
+    counted window."""
+    procs = max(1, min(procs or 1, conc))
+    mp = multiprocessing.get_context("fork")
+    start_at = time.monotonic() + 0.3 + (1.0 if mode == "ka" else 0.0) + 0.05 * procs
+    pipes, workers = [], []
+    for k in range(procs):
+        nconns = conc // procs + (1 if k < conc % procs else 0)
+        a, b = mp.Pipe(duplex=False)
+        w = mp.Process(target=_worker, args=(mode, target, nconns, start_at, duration, max_ops, cpu, b),
+                       daemon=True)
+        w.start()
+        b.close()
+        pipes.append(a)
+        workers.append(w)
+        CLIENT_PROCS.append(w)
+    watch = {k: v for k, v in (watch or {}).items() if v}
+    _sleep_until(start_at)
+    cpu0 = {k: cpu_seconds(v) for k, v in watch.items()}
+    _sleep_until(start_at + duration)
+    used = {f"{k}_cpu_s": cpu_seconds(v) - cpu0[k] for k, v in watch.items()}
+    results = []
+    deadline = start_at + duration + 30.0
+    for a, w in zip(pipes, workers):
+        left = max(0.1, deadline - time.monotonic())
+        if a.poll(left):
+            try:
+                results.append(a.recv())
+            except EOFError:
+                results.append({"ops": 0, "errors": 1, "first_error": "worker died"})
+        else:
+            results.append({"ops": 0, "errors": 1, "first_error": "worker did not finish in time"})
+        a.close()
+    for w in workers:
+        w.join(2)
+        if w.is_alive():
+            w.kill()
+            w.join(2)
+        CLIENT_PROCS.remove(w)
+    ops = sum(r["ops"] for r in results)
+    lat = sorted(x for r in results for x in r.get("lat", ()))
+    ccpu = sum(r.get("cpu_s", 0.0) for r in results)
+    return {"ops": ops, "rate": ops / duration, "errors": sum(r["errors"] for r in results),
+            "first_error": next((r["first_error"] for r in results if r.get("first_error")), None),
+            "reconnects": sum(r.get("reconnects", 0) for r in results), "procs": procs,
+            "latency_ms_p50": lat[len(lat) // 2] * 1e3 if lat else None,
+            "latency_ms_p90": lat[min(len(lat) - 1, int(len(lat) * 0.90))] * 1e3 if lat else None,
+            "latency_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3 if lat else None,
+            "latency_ms_mean": sum(lat) / len(lat) * 1e3 if lat else None,
+            "latency_ms_max": lat[-1] * 1e3 if lat else None,
+            # time spent in operations slower than 5 ms, as a share of all operation time
+            "latency_share_over_5ms": sum(x for x in lat if x > 0.005) / sum(lat) if lat else None,
+            "client_cpu_s": round(ccpu, 3), "client_cpu_us_per_op": ccpu / ops * 1e6 if ops else None,
+            **used}
+
+
+def probe(target):
+    """One intercepted request; returns (ok, detail, leaf summary)."""
+    try:
+        ctx = _client_ctx(target["ca"])
+        ss = _open(target, ctx)
+        try:
+            der = ss.getpeercert(binary_form=True)
+            version, alpn = ss.version(), ss.selected_alpn_protocol()
+            ss.sendall(_request(target["origin_port"], True))
+            status, n, _ = _read_response(ss, bytearray())
+        finally:
+            ss.close()
+        leaf = cert_summary(der)
+        leaf.update(tls=version, alpn=alpn)
+        ok = status == 200 and n == SMALL_SIZE
+        return ok, f"status {status}, {n} bytes", leaf
+    except (OSError, ProtoError, ValueError, RuntimeError, subprocess.TimeoutExpired) as e:
+        return False, f"{type(e).__name__}: {e}", None
+
+
+# ---------------------------------------------------------------- measuring
+
+def _rotated(items, i):
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
+def _target(px):
+    return {"proxy_port": px.port, "origin_port": px.origin_port, "ca": str(px.ca)}
+
+
+def measure_clients(a, mode, conc, live, origin_pid):
+    """Interleaved runs: round i runs every target once, in a rotated order."""
+    runs = {px.name: [] for px, _ in live}
+    for px, pid in live:   # warm-up: leaves made, pools and caches filled; not counted
+        run_clients(mode, _target(px), conc, min(2, a.duration), a.client_cpu, a.client_procs)
+    for i in range(a.runs):
+        for px, pid in _rotated(live, i):
+            load = os.getloadavg()[0]
+            r = run_clients(mode, _target(px), conc, a.duration, a.client_cpu, a.client_procs,
+                            watch={"proxy": pid, "origin": origin_pid})
+            r.setdefault("proxy_cpu_s", None)
+            r["proxy_cpu_us_per_op"] = (r["proxy_cpu_s"] / r["ops"] * 1e6
+                                        if r["proxy_cpu_s"] is not None and r["ops"] else None)
+            r["proxy_cpu_share"] = r["proxy_cpu_s"] / a.duration if r["proxy_cpu_s"] is not None else None
+            # core 0 (client + origin) busy share: near 1.0 would mean the client side is the limit
+            r["client_core_share"] = (r["client_cpu_s"] + r["origin_cpu_s"]) / a.duration
+            r["loadavg"] = round(load, 2)
+            r["valid"] = r["ops"] > 0 and r["errors"] <= max(2, 0.01 * r["ops"])
+            runs[px.name].append(r)
+            log(f"{px.name} {mode} c={conc} run {i + 1}/{a.runs}: {r['rate']:.0f}/s, {r['errors']} errors"
+                + (f", proxy CPU {r['proxy_cpu_us_per_op']:.0f} us/op share {r['proxy_cpu_share']:.2f}"
+                   if r["proxy_cpu_us_per_op"] else "")
+                + f", client core {r['client_core_share']:.2f}"
+                + ("" if r["valid"] else f" INVALID ({r['first_error']})"))
+    out = {}
+    for px, _ in live:
+        rs = runs[px.name]
+        good = [r for r in rs if r["valid"]]
+
+        def med(k):
+            xs = [r[k] for r in good if r.get(k) is not None]
+            return statistics.median(xs) if xs else None
+        out[px.name] = {"median": med("rate"), "proxy_cpu_us_per_op": med("proxy_cpu_us_per_op"),
+                        "proxy_cpu_share": med("proxy_cpu_share"), "client_core_share": med("client_core_share"),
+                        "client_cpu_us_per_op": med("client_cpu_us_per_op"),
+                        "valid_runs": len(good), "runs": rs, "concurrency": conc}
+    return out
+
+
+def curl_json(argv, timeout, cpu):
+    p = run(["curl", "-s", "-S", "--http1.1", "-o", "/dev/null", "-w", "%{json}"] + argv,
+            timeout=timeout, check=False, cpu=cpu, quiet=True)
+    try:
+        w = json.loads(p.stdout.decode() or "{}")
+    except ValueError:
+        w = {}
+    return p.returncode, w, p.stderr.decode(errors="replace").strip()
+
+
+def _curl_via(px):
+    url = f"https://{HOSTNAME}:{px.origin_port}/big"
+    via = [] if px.port is None else ["-x", f"http://{LOOPBACK}:{px.port}"]
+    return via + ["--cacert", str(px.ca), url]
+
+
+def measure_download(a, live, big_size, origin_pid):
+    runs = {px.name: [] for px, _ in live}
+    gave_up = set()
+    for i in range(a.dl_runs):
+        for px, pid in _rotated(live, i):
+            if px.name in gave_up:
+                continue
+            c0, o0 = (cpu_seconds(pid) if pid else None), cpu_seconds(origin_pid)
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with RssSampler(pid) as s:
+                rc, w, err = curl_json(_curl_via(px) + ["--max-time", str(a.dl_max_time)],
+                                       a.dl_max_time + 30, a.client_cpu)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            size = w.get("size_download", 0)
+            t = w.get("time_total") or 0
+            r = {"curl_exit": rc, "size": size, "http_code": w.get("http_code"),
+                 "time_total": t, "mb_per_s": (w.get("speed_download") or 0) / 1e6,
+                 "rss": s.result(), "loadavg": round(os.getloadavg()[0], 2)}
+            if t:
+                # which core was the limit: the proxy's, or core 0 (curl decrypting + nginx encrypting)
+                curl_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+                r["proxy_cpu_share"] = (cpu_seconds(pid) - c0) / t if pid else None
+                r["client_core_share"] = (curl_cpu + cpu_seconds(origin_pid) - o0) / t
+            r["valid"] = rc == 0 and size == big_size and w.get("http_code") == 200
+            if not r["valid"]:
+                r["error"] = f"curl exit {rc}, {size / 1e6:.1f} of {big_size / 1e6:.0f} MB, {err[-200:]}"
+                if rc == 28:   # stalled or too slow: another try would take as long again
+                    gave_up.add(px.name)
+                    r["error"] += " (no further runs)"
+            runs[px.name].append(r)
+            log(f"{px.name} download run {i + 1}/{a.dl_runs}: "
+                + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"INVALID ({r['error']})")
+                + (f", proxy core {r['proxy_cpu_share']:.2f}" if r.get("proxy_cpu_share") is not None else "")
+                + (f", client core {r['client_core_share']:.2f}" if r.get("client_core_share") is not None else "")
+                + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
+    out = {}
+    for px, _ in live:
+        rs = runs[px.name]
+        good = [r["mb_per_s"] for r in rs if r["valid"]]
+        growth = [r["rss"]["growth_kib"] for r in rs if r["rss"]]
+        def med(k):
+            xs = [r[k] for r in rs if r["valid"] and r.get(k) is not None]
+            return statistics.median(xs) if xs else None
+        out[px.name] = {"median_mb_per_s": statistics.median(good) if good else None, "valid_runs": len(good),
+                        "proxy_cpu_share": med("proxy_cpu_share"), "client_core_share": med("client_core_share"),
+                        "rss_growth_kib_max": max(growth) if growth else None, "runs": rs}
+    return out
+
+
+def idle_check(live, phase, seconds=1.0):
+    """CPU each proxy uses while nobody talks to it (a proxy still busy with an earlier,
+    abandoned connection would steal the shared proxy core from the next one measured)."""
+    pids = {px.name: pid for px, pid in live if pid}
+    c0 = {n: cpu_seconds(p) for n, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    out = {n: round((cpu_seconds(p) - c0[n]) / dt, 3) for n, p in pids.items()}
+    busy = {n: v for n, v in out.items() if v > 0.05}
+    if busy:
+        log(f"warning: before {phase}, idle proxies used CPU: {busy}")
+    return out
+
+
+def measure_slow(a, px, pid):
+    c0 = cpu_seconds(pid)
+    with RssSampler(pid, interval=0.2) as s:
+        rc, w, err = curl_json(_curl_via(px) + ["--limit-rate", "1M", "--max-time", str(a.slow_seconds)],
+                               a.slow_seconds + 30, a.client_cpu)
+    size = w.get("size_download", 0)
+    r = {"curl_exit": rc, "received": size, "http_code": w.get("http_code"), "rss": s.result(),
+         "proxy_cpu_share": (cpu_seconds(pid) - c0) / a.slow_seconds}
+    r["valid"] = rc == 28 and w.get("http_code") == 200 and size > 0   # 28: our --max-time
+    if not r["valid"]:
+        r["error"] = f"curl exit {rc}, http {w.get('http_code')}, {size} bytes, {err[-200:]}"
+    log(f"{px.name} slow reader (1 MB/s, {a.slow_seconds} s): {size / 1e6:.1f} MB, "
+        f"RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB, proxy core {r['proxy_cpu_share']:.2f}"
+        + ("" if r["valid"] else f" INVALID ({r['error']})"))
+    return r
+
+
+def start_proxy(a, px):
+    res = {"label": px.label, "version": px.version, "port": px.port,
+           "loadavg_before": round(os.getloadavg()[0], 2)}
+    if px.name == "baseline":
+        res["flags"] = "curl / the client straight to the origin (its ceiling)"
+        ok, detail, leaf = probe(_target(px))
+        res.update(ok=ok, probe=detail, leaf=leaf)
+        return None, res
+    res["ok"] = False
+    if not port_free(px.port):
+        res["error"] = f"port {px.port} busy"
+        return None, res
+    px.prepare()
+    argv = px.argv()
+    res["flags"] = px.flags
+    if getattr(px, "git", None):
+        res["git"] = px.git
+    p = PROCS.start(px.name, argv, cpu=a.proxy_cpu, cwd=px.dir, env=px.env(), logfile=px.dir / "output.log")
+    if not wait_port(px.port, p, a.start_timeout):
+        res["error"] = f"did not listen within {a.start_timeout} s (exit {p.poll()}); see {px.dir}/output.log"
+        log(f"{px.name}: {res['error']}")
+        PROCS.stop(p)
+        return None, res
+    err = px.after_start(p)
+    if err:
+        res["error"] = err
+        PROCS.stop(p)
+        return None, res
+    time.sleep(1.0)
+    res["rss_start_kib"] = rss_kib(p.pid)
+    ok, detail, leaf = probe(_target(px))
+    res.update(ok=ok, probe=detail, leaf=leaf)
+    log(f"{px.name}: probe {'ok' if ok else 'FAILED'} ({detail}), leaf {leaf}, "
+        f"idle RSS {res['rss_start_kib'] / 1024:.1f} MiB")
+    if not ok:
+        res["error"] = f"intercepted request failed: {detail}; see {px.dir}/output.log"
+        PROCS.stop(p)
+        return None, res
+    return p, res
+
+
+# ------------------------------------------------------------------- report
+
+def _f(v, fmt="{:,.0f}", none="-"):
+    return none if v is None else fmt.format(v)
+
+
+def _get(d, *path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _ratio(a, b):
+    return "-" if a is None or b is None or not b else f"{a / b:.2f}x"
+
+
+def _table(hdr, rows):
+    w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)] if rows else [len(h) for h in hdr]
+    fmt = lambda r: "  ".join(str(x).rjust(w[i]) if i else str(x).ljust(w[i]) for i, x in enumerate(r))
+    return [fmt(hdr), fmt(["-" * x for x in w])] + [fmt(r) for r in rows]
+
+
+def render(results):
+    m, o = results["meta"], results["meta"]["options"]
+    P = results["proxies"]
+    names = [n for n in ALL_PROXIES if n in P]
+    kac = o["ka_concurrency"]
+    L = [f"proxyd --mode mitm bench  {m['started']}  ({m['host']['cpu']}, {m['host']['cpus']} cores; "
+         f"proxies on core {o['proxy_cpu']}, client and curl on core {o['client_cpu']}, "
+         + (f"nginx on core {o['origin_cpu']})" if o.get("origin_cpu") is not None else "nginx not pinned)")]
+    g = m.get("proxyd_git") or {}
+    if g.get("commit"):
+        L.append(f"proxyd {g['commit'][:12]} \"{g.get('subject')}\" {g.get('date')}; installed from the work "
+                 f"tree: outside bench/ {g.get('dirty_files_outside_bench')} modified, "
+                 f"{g.get('untracked_files_outside_bench')} untracked files")
+    L.append(f"command: {m['command']}")
+    L.append(f"origin: nginx {m['versions'].get('nginx')} HTTPS on 127.0.0.1:{o['origin_port']} "
+             f"(\"{HOSTNAME}\", ECDSA P-256 cert from a throwaway CA), /small = 1 KiB, /big = {o['big_mib']} MiB; "
+             f"conn/ka: median of {o['runs']} x {o['duration']} s runs (interleaved), Python client "
+             f"({o.get('client_procs')} processes, each an event loop: raw CONNECT, then ssl with only the "
+             f"proxy's CA trusted); download: median of {o['dl_runs']} curl runs; "
+             f"slow reader: curl --limit-rate 1M for {o['slow_seconds']} s")
+    L.append("")
+    hdr = (["proxy", "version", "leaf", f"new conn/s c={o['conn_concurrency']}", "CPU us/conn"]
+           + [f"ka req/s c={c}" for c in kac] + [f"CPU us/req c={kac[0]}", "download MB/s", "dRSS download",
+                                                  "dRSS slow 1MB/s", "idle RSS"])
+    rows = []
+    for n in names:
+        r = P[n]
+        leaf = r.get("leaf") or {}
+        row = [r["label"], (r.get("version") or "-")[:18], leaf.get("key") or "-",
+               _f(_get(r, "conn", "median")), _f(_get(r, "conn", "proxy_cpu_us_per_op"))]
+        row += [_f(_get(r, f"ka{c}", "median")) for c in kac]
+        row += [_f(_get(r, f"ka{kac[0]}", "proxy_cpu_us_per_op")), _f(_get(r, "dl", "median_mb_per_s")),
+                _f(_mib(_get(r, "dl", "rss_growth_kib_max")), "{:+.1f} MiB"),
+                _f(_mib(_get(r, "slow", "rss", "growth_kib")), "{:+.1f} MiB"),
+                _f(_mib(r.get("rss_start_kib")), "{:.1f} MiB")]
+        rows.append(row)
+    L += _table(hdr, rows)
+    for n in names:
+        r = P[n]
+        if r.get("error"):
+            L.append(f"  ! {r['label']}: {r['error']}")
+        for k in ["conn"] + [f"ka{c}" for c in kac]:
+            v = r.get(k)
+            if v and v["valid_runs"] < len(v["runs"]):
+                bad = [x.get("first_error") for x in v["runs"] if not x.get("valid")]
+                L.append(f"  ! {r['label']} {k}: {len(bad)} invalid run(s): {bad[0]}")
+        v = r.get("dl")
+        if v and v["valid_runs"] < len(v["runs"]):
+            bad = [x.get("error") for x in v["runs"] if not x.get("valid")]
+            L.append(f"  ! {r['label']} download: {len(bad)} invalid run(s): {bad[0]}")
+        v = r.get("slow")
+        if v and not v.get("valid"):
+            L.append(f"  ! {r['label']} slow reader: {v.get('error')}")
+    pd = P.get("proxyd")
+    peers = [n for n in names if n not in ("baseline", "proxyd")]
+    if pd and peers:
+        L.append("")
+        L.append("proxyd / peer (CPU columns: peer's CPU per operation / proxyd's):")
+        hdr2 = (["peer", "new conn/s", "CPU/conn"]
+                + [x for c in kac for x in (f"ka req/s c={c}", f"CPU/req c={c}")] + ["download MB/s"])
+        rows2 = []
+        for n in peers:
+            r = P[n]
+            row = [r["label"], _ratio(_get(pd, "conn", "median"), _get(r, "conn", "median")),
+                   _ratio(_get(r, "conn", "proxy_cpu_us_per_op"), _get(pd, "conn", "proxy_cpu_us_per_op"))]
+            for c in kac:
+                k = f"ka{c}"
+                row += [_ratio(_get(pd, k, "median"), _get(r, k, "median")),
+                        _ratio(_get(r, k, "proxy_cpu_us_per_op"), _get(pd, k, "proxy_cpu_us_per_op"))]
+            row.append(_ratio(_get(pd, "dl", "median_mb_per_s"), _get(r, "dl", "median_mb_per_s")))
+            rows2.append(row)
+        L += _table(hdr2, rows2)
+    if pd:
+        L.append("")
+        L.append("proxyd targets (issue 4): " + TARGETS)
+        L.append("  (lines marked (CPU) compare the proxies' own CPU time per operation: the same target, "
+                 "less disturbed by other work on the shared cores)")
+        L += ["  " + t for t in check_targets(results)]
+        L.append(f"  (the issue's figures for the peers on this machine: {ISSUE_FIGURES})")
+    L.append("")
+    b = P.get("baseline")
+    if b:
+        L.append("client ceiling (the same client straight to the origin, no proxy): "
+                 f"{_f(_get(b, 'conn', 'median'))} new conn/s, "
+                 + ", ".join(f"{_f(_get(b, f'ka{c}', 'median'))} keep-alive req/s c={c}" for c in kac)
+                 + f", curl {_f(_get(b, 'dl', 'median_mb_per_s'))} MB/s. Client CPU per new connection "
+                 f"{_f(_get(b, 'conn', 'client_cpu_us_per_op'))} us direct"
+                 + (f", {_f(_get(pd, 'conn', 'client_cpu_us_per_op'))} us through proxyd (CONNECT added)"
+                    if pd else "") + ".")
+    heads = []
+    for n in names:
+        if n == "baseline":
+            continue
+        for k in ["conn"] + [f"ka{c}" for c in kac]:
+            rate, share = _get(P[n], k, "median"), _get(P[n], k, "client_core_share")
+            if rate and share:
+                heads.append(f"{P[n]['label']} {k} {_f(rate / share)}")
+    if heads:
+        L.append("where core 0 (client + nginx) would be saturated, from its share at the measured rate "
+                 "(the client is not the limit while a proxy's rate stays well under this): " + ", ".join(heads))
+    shares = []
+    for n in names:
+        if n == "baseline":
+            continue
+        parts = [f"{k} {_f(_get(P[n], k, 'proxy_cpu_share'), '{:.2f}')}"
+                 f"/{_f(_get(P[n], k, 'client_core_share'), '{:.2f}')}"
+                 for k in ["conn"] + [f"ka{c}" for c in kac] + ["dl"] if P[n].get(k)]
+        if parts:
+            shares.append(f"{P[n]['label']}: " + ", ".join(parts))
+    if shares:
+        L.append("CPU share during the runs, proxy core / client core (1.00 = the core was busy the whole run; "
+                 "a proxy near 1.00 with the client core well under 1.00 means the proxy was the limit): "
+                 + "; ".join(shares))
+    busy = [f"{phase}: {n} {v:.2f}" for phase, d in (results.get("idle_cpu_share") or {}).items()
+            for n, v in d.items() if v > 0.05]
+    if busy:
+        L.append("  ! CPU used by proxies nobody was talking to (core share over 1 s): " + ", ".join(busy))
+    loads = [x["loadavg"] for n in names for k in ["conn", "dl"] + [f"ka{c}" for c in kac]
+             for x in (_get(P[n], k, "runs") or []) if x.get("loadavg") is not None]
+    L.append(f"1-min load average at start {m['host']['loadavg_at_start'][0]:.2f}"
+             + (f", during the runs {min(loads):.2f}-{max(loads):.2f} (median {statistics.median(loads):.2f})"
+                if loads else "")
+             + f" on {m['host']['cpus']} cores: what is over ~1 is other work on the machine, competing with "
+             "the proxy and the client for their cores")
+    L.append("dRSS = peak VmRSS (process and children) during the download minus VmRSS just before; "
+             "CPU us = the proxy's own user+system CPU per connection or request.")
+    return "\n".join(L)
+
+
+def _mib(kib):
+    return None if kib is None else kib / 1024
+
+
+def check_targets(results):
+    P = results["proxies"]
+    pd = P["proxyd"]
+    kac = results["meta"]["options"]["ka_concurrency"]
+    out = []
+
+    def verdict(name, ok, detail):
+        out.append(f"{'-   ' if ok is None else ('met ' if ok else 'MISS')}  {name}: {detail}")
+
+    def ge(a, b, k=1.0):
+        return None if a is None or b is None else a >= k * b
+
+    def cpu(k, name):   # the proxy's CPU per operation: the same comparison, free of core sharing
+        return _get(P, name, k, "proxy_cpu_us_per_op")
+
+    v, mm = _get(pd, "conn", "median"), _get(P, "mitmdump", "conn", "median")
+    verdict("new conn/s >= 3x mitmdump", ge(v, mm, 3), f"{_f(v)} vs 3 x {_f(mm)}")
+    v, mm = cpu("conn", "proxyd"), cpu("conn", "mitmdump")
+    verdict("  (CPU) us per new conn <= mitmdump's / 3", ge(mm, v, 3), f"{_f(v)} vs {_f(mm)} / 3")
+    for c in kac:
+        k = f"ka{c}"
+        v, pp, mm = _get(pd, k, "median"), _get(P, "proxypy", k, "median"), _get(P, "mitmdump", k, "median")
+        verdict(f"keep-alive req/s c={c} >= proxy.py", ge(v, pp), f"{_f(v)} vs {_f(pp)}")
+        verdict(f"keep-alive req/s c={c} >= 3x mitmdump", ge(v, mm, 3), f"{_f(v)} vs 3 x {_f(mm)}")
+        v, pp, mm = cpu(k, "proxyd"), cpu(k, "proxypy"), cpu(k, "mitmdump")
+        verdict(f"  (CPU) us per request c={c} <= proxy.py's", ge(pp, v), f"{_f(v)} vs {_f(pp)}")
+        verdict(f"  (CPU) us per request c={c} <= mitmdump's / 3", ge(mm, v, 3), f"{_f(v)} vs {_f(mm)} / 3")
+    v, mm = _get(pd, "dl", "median_mb_per_s"), _get(P, "mitmdump", "dl", "median_mb_per_s")
+    verdict("download MB/s >= 1.5x mitmdump", ge(v, mm, 1.5), f"{_f(v)} vs 1.5 x {_f(mm)}")
+    s = _get(pd, "slow", "rss", "growth_kib")
+    verdict("slow-reader RSS growth < 2 MiB", None if s is None else s < 2048, f"{_f(_mib(s), '{:+.1f}')} MiB")
+    return out
+
+
+# --------------------------------------------------------------------- main
+
+def host_info():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="bench/mitm.sh", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--proxies", default=",".join(DEFAULT_PROXIES),
+                    help=f"comma-separated, from {','.join(ALL_PROXIES)} (proxyd-rsa: proxyd --leaf-key rsa)")
+    ap.add_argument("--measure", default=",".join(ALL_MEASURES), help=f"comma-separated, from {','.join(ALL_MEASURES)}")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 run of 2 s, 1 download, 5 s slow reader")
+    ap.add_argument("--runs", type=int, default=5, help="runs per conn/ka measurement (median)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per conn/ka run")
+    ap.add_argument("--conn-concurrency", type=int, default=10, help="client processes for new conn/s")
+    ap.add_argument("--ka-concurrency", default="1,10", help="keep-alive connection counts")
+    ap.add_argument("--client-procs", type=int, default=2,
+                    help="client worker processes (each an event loop over its share of the connections)")
+    ap.add_argument("--dl-runs", type=int, default=3, help="1 GiB downloads per proxy (median)")
+    ap.add_argument("--dl-max-time", type=int, default=60,
+                    help="seconds allowed per download; a proxy that times out gets no further runs")
+    ap.add_argument("--slow-seconds", type=int, default=20, help="length of the 1 MB/s slow-reader download")
+    ap.add_argument("--big-mib", type=int, default=1024, help="size of /big, MiB")
+    ap.add_argument("--port-base", type=int, default=18950,
+                    help="origin on this port, proxies on the next ones (127.0.0.1); run.py uses 18900+")
+    ap.add_argument("--proxy-cpu", type=int, default=1, help="core every proxy is pinned to")
+    ap.add_argument("--client-cpu", type=int, default=0, help="core for the client, curl, nginx and this script")
+    ap.add_argument("--origin-cpu", default=None,
+                    help="core for nginx (default: --client-cpu; 'none' = not pinned)")
+    ap.add_argument("--start-timeout", type=int, default=60, help="seconds a proxy may take to listen")
+    ap.add_argument("--python", default=sys.executable, help="Python used to make the venvs")
+    ap.add_argument("--proxyd-src", default=str(REPO), help="proxyd work tree to install")
+    ap.add_argument("--proxyd-args", default="", help="extra arguments for `twistd proxyd`")
+    ap.add_argument("--no-install", action="store_true", help="no apt-get; use the venvs as they are")
+    ap.add_argument("--upgrade", action="store_true", help="re-run pip install in the peers' venvs")
+    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved results file")
+    a = ap.parse_args(argv)
+    if a.render:
+        return a
+    a.proxies = [p.strip() for p in a.proxies.split(",") if p.strip()]
+    a.measure = [m.strip() for m in a.measure.split(",") if m.strip()]
+    bad = [p for p in a.proxies if p not in ALL_PROXIES] + [m for m in a.measure if m not in ALL_MEASURES]
+    if bad:
+        ap.error(f"unknown proxy or measurement: {', '.join(bad)}")
+    a.ka_concurrency = [int(c) for c in a.ka_concurrency.split(",") if c.strip()]
+    if a.quick:
+        a.runs, a.duration, a.dl_runs, a.slow_seconds = 1, 2, 1, 5
+    for name, lo, hi in (("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("slow_seconds", 2, 300),
+                         ("big_mib", 1, 16384), ("dl_max_time", 5, 3600), ("conn_concurrency", 1, 200),
+                         ("client_procs", 1, 32)):
+        if not lo <= getattr(a, name) <= hi:
+            ap.error(f"--{name.replace('_', '-')} must be {lo}..{hi}")
+    if not a.ka_concurrency or any(not 1 <= c <= 200 for c in a.ka_concurrency):
+        ap.error("--ka-concurrency: numbers 1..200")
+    if a.origin_cpu is None:
+        a.origin_cpu = a.client_cpu
+    elif a.origin_cpu == "none":
+        a.origin_cpu = None
+    else:
+        try:
+            a.origin_cpu = int(a.origin_cpu)
+        except ValueError:
+            ap.error("--origin-cpu: a core number or 'none'")
+    return a
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    if a.render:
+        print(render(json.loads(Path(a.render).read_text())))
+        return 0
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    atexit.register(PROCS.stop_all)
+    atexit.register(_stop_clients)
+    try:   # this script and everything it forks (client workers, curl) stay off the proxy core
+        os.sched_setaffinity(0, {a.client_cpu})
+    except OSError as e:
+        log(f"warning: could not pin to core {a.client_cpu}: {e}")
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now().astimezone()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    ensure_debian(["nginx", "curl", "openssl", "taskset"], a.no_install)
+
+    origin_ca, crt, key = make_origin_pki()
+    origin_port = a.port_base
+    proxies = []
+    for i, name in enumerate(a.proxies):
+        px = PROXY_CLASSES[name](a, a.port_base + 1 + i, origin_port, origin_ca)
+        if a.no_install and name != "baseline":
+            px.venv = WORK / {"proxyd": "venv-proxyd", "proxyd-rsa": "venv-proxyd", "mitmdump": "venv-mitmproxy",
+                              "proxypy": "venv-proxypy"}[name]
+            if not (px.venv / "bin" / "python").exists():
+                raise SystemExit(f"mitm bench: {px.venv} missing and --no-install given")
+            px.version = pip_version(px.venv, {"mitmdump": "mitmproxy", "proxypy": "proxy.py"}.get(name, "proxyd"))
+            if name.startswith("proxyd"):
+                px.git = git_info(a.proxyd_src)
+        else:
+            px.install()
+        proxies.append(px)
+
+    results = {"meta": {
+        "started": started.isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(x) for x in ["bench/mitm.sh"] + list(argv)),
+        "host": host_info(),
+        "options": {"proxies": a.proxies, "measure": a.measure, "runs": a.runs, "duration": a.duration,
+                    "conn_concurrency": a.conn_concurrency, "ka_concurrency": a.ka_concurrency,
+                    "dl_runs": a.dl_runs, "dl_max_time": a.dl_max_time, "slow_seconds": a.slow_seconds,
+                    "big_mib": a.big_mib, "proxy_cpu": a.proxy_cpu, "client_cpu": a.client_cpu,
+                    "origin_cpu": a.origin_cpu, "client_procs": a.client_procs,
+                    "origin_port": origin_port, "quick": a.quick},
+        "versions": {"nginx": deb_version("nginx-core") or deb_version("nginx-light") or deb_version("nginx"),
+                     "curl": deb_version("curl"), "openssl": deb_version("openssl")},
+        "proxyd_git": git_info(a.proxyd_src),
+    }, "proxies": {}}
+    out_json = RESULTS / f"mitm-{stamp}.json"
+
+    def save():
+        out_json.write_text(json.dumps(results, indent=1))
+
+    big_size = prepare_www(a.big_mib)
+    origin = start_origin(origin_port, a.origin_cpu, crt, key)
+    live = []   # (proxy, pid or None for the baseline)
+    try:
+        for px in proxies:
+            p, res = start_proxy(a, px)
+            results["proxies"][px.name] = res
+            if p is not None or (px.name == "baseline" and res["ok"]):
+                live.append((px, p.pid if p else None, p))
+        save()
+        targets = [(px, pid) for px, pid, _ in live]
+        idle = results["idle_cpu_share"] = {}
+        if "conn" in a.measure and targets:
+            idle["before conn"] = idle_check(targets, "conn")
+            log(f"=== new intercepted connections/s, c={a.conn_concurrency} ===")
+            for n, r in measure_clients(a, "conn", a.conn_concurrency, targets, origin.pid).items():
+                results["proxies"][n]["conn"] = r
+            save()
+        if "ka" in a.measure and targets:
+            for c in a.ka_concurrency:
+                log(f"=== keep-alive requests/s, c={c} ===")
+                idle[f"before ka c={c}"] = idle_check(targets, f"ka c={c}")
+                for n, r in measure_clients(a, "ka", c, targets, origin.pid).items():
+                    results["proxies"][n][f"ka{c}"] = r
+                save()
+        if "dl" in a.measure and targets:
+            log(f"=== {a.big_mib} MiB download ===")
+            idle["before dl"] = idle_check(targets, "dl")
+            for n, r in measure_download(a, targets, big_size, origin.pid).items():
+                results["proxies"][n]["dl"] = r
+            save()
+        for px, pid, p in live:
+            if p is None:
+                continue
+            res = results["proxies"][px.name]
+            if "slow" in a.measure:
+                idle[f"before slow {px.name}"] = idle_check(targets, f"slow {px.name}")
+                res["slow"] = measure_slow(a, px, pid)
+            time.sleep(1.0)
+            res["rss_end_kib"] = rss_kib(pid)
+            if p.poll() is not None:
+                res["error"] = (res.get("error") or "") + f" exited ({p.returncode}) during the bench"
+            save()
+    finally:
+        _stop_clients()
+        for px, pid, p in live:
+            if p is not None:
+                PROCS.stop(p)
+        PROCS.stop_all()
+    results["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    save()
+    table = render(results)
+    (RESULTS / f"mitm-{stamp}.txt").write_text(table + "\n")
+    print(table)
+    log(f"raw results: {out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
