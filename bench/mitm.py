@@ -1409,7 +1409,7 @@ def render(results):
         L.append("")
         L.append("proxyd / peer (CPU columns: peer's CPU per operation / proxyd's):")
         hdr2 = (["peer", "new conn/s", "CPU/conn"]
-                + [x for c in kac for x in (f"ka req/s c={c}", f"CPU/req c={c}")] + ["download MB/s"])
+                + [x for c in kac for x in (f"ka req/s c={c}", f"CPU/req c={c}")] + ["download MB/s", "CPU/MB"])
         rows2 = []
         for n in peers:
             r = P[n]
@@ -1420,6 +1420,7 @@ def render(results):
                 row += [_ratio(_get(pd, k, "median"), _get(r, k, "median")),
                         _ratio(_get(r, k, "proxy_cpu_us_per_op"), _get(pd, k, "proxy_cpu_us_per_op"))]
             row.append(_ratio(_get(pd, "dl", "median_mb_per_s"), _get(r, "dl", "median_mb_per_s")))
+            row.append(_ratio(_dl_cpu_ms_per_mb(r), _dl_cpu_ms_per_mb(pd)))
             rows2.append(row)
         L += _table(hdr2, rows2)
     if pd:
@@ -1483,6 +1484,14 @@ def _mib(kib):
     return None if kib is None else kib / 1024
 
 
+def _dl_cpu_ms_per_mb(r):
+    """Median over valid downloads of the proxy's CPU milliseconds per MB relayed."""
+    xs = [x["proxy_cpu_share"] * x["time_total"] * 1e3 / (x["size"] / 1e6)
+          for x in (_get(r, "dl", "runs") or [])
+          if x.get("valid") and x.get("proxy_cpu_share") and x.get("time_total") and x.get("size")]
+    return statistics.median(xs) if xs else None
+
+
 def check_targets(results):
     P = results["proxies"]
     pd = P["proxyd"]
@@ -1512,6 +1521,9 @@ def check_targets(results):
         verdict(f"  (CPU) us per request c={c} <= mitmdump's / 3", ge(mm, v, 3), f"{_f(v)} vs {_f(mm)} / 3")
     v, mm = _get(pd, "dl", "median_mb_per_s"), _get(P, "mitmdump", "dl", "median_mb_per_s")
     verdict("download MB/s >= 1.5x mitmdump", ge(v, mm, 1.5), f"{_f(v)} vs 1.5 x {_f(mm)}")
+    v, mm = _dl_cpu_ms_per_mb(pd), _dl_cpu_ms_per_mb(P.get("mitmdump"))
+    verdict("  (CPU) ms per MB downloaded <= mitmdump's / 1.5", ge(mm, v, 1.5),
+            f"{_f(v, '{:.2f}')} vs {_f(mm, '{:.2f}')} / 1.5")
     s = _get(pd, "slow", "rss", "growth_kib")
     verdict("slow-reader RSS growth < 2 MiB", None if s is None else s < 2048, f"{_f(_mib(s), '{:+.1f}')} MiB")
     return out
@@ -1626,6 +1638,7 @@ def main(argv=None):
             px.version = pip_version(px.venv, {"mitmdump": "mitmproxy", "proxypy": "proxy.py"}.get(name, "proxyd"))
             if name.startswith("proxyd"):
                 px.git = git_info(a.proxyd_src)
+                px.version = f"{px.version} @{(px.git['commit'] or '?')[:10]} (not reinstalled)"
         else:
             px.install()
         proxies.append(px)
