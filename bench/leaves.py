@@ -1,10 +1,10 @@
 """Leaf certificate cost and memory for proxyd.ca: min and median of 5 batches per CA kind, cache-hit cost, RSS per cached leaf."""
-import gc, os, statistics, sys, tempfile, time, datetime
+import gc, os, statistics, tempfile, time, datetime
 # Run from the repository root with proxyd importable: python bench/leaves.py
 from twisted.internet.task import Clock
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from proxyd.ca import CertificateAuthority, LeafFactory
 
