@@ -75,3 +75,161 @@ class FakeProxy:
 def lose(proto, reason=None):
     """Tell C{proto} its connection closed (cleanly unless C{reason})."""
     proto.connectionLost(Failure(reason if reason is not None else ConnectionDone()))
+
+
+# Plugin testing: run rewriters the way proxyd does, without a reactor or
+# sockets.
+
+
+def makeFlow(method=b"GET", url=b"http://example.com/", headers=None, body=None, mode="forward", client="127.0.0.1"):
+    """
+    A L{Flow} as a request hook first sees it.
+
+    @param headers: a dict or a list of (name, value) pairs (str or bytes).
+    @param body: the request body the client sends (bytes), or None.
+    """
+    from proxyd.message import Flow, Request
+
+    request = Request(method, url, headers)
+    flow = Flow(request, mode=mode, client=client)
+    flow.notes["_clientBody"] = body
+    return flow
+
+
+def makeResponse(status=200, headers=None, body=b"", reason=b""):
+    """
+    A L{Response} as the upstream sends it, for L{PluginTester.response}.
+    """
+    from proxyd.errors import statusPhrase
+    from proxyd.message import Response
+
+    return Response(status, reason or statusPhrase(status), headers, body)
+
+
+class StillWaiting(AssertionError):
+    """A hook's Deferred has not fired; advance C{tester.clock} or fire it."""
+
+
+def resultOf(d):
+    """
+    The result of a Deferred that has fired: the value, or the exception
+    raised again.  L{StillWaiting} if it has not fired.
+    """
+    results = []
+    d.addBoth(results.append)
+    if not results:
+        raise StillWaiting("the pipeline is waiting on a hook's Deferred")
+    result = results[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+class PluginTester:
+    """
+    Runs rewriters through proxyd's own pipeline, as an exchange would,
+    with a fake clock.  Every method returns a Deferred; use
+    L{resultOf} (or trial's C{successResultOf}).
+
+        tester = PluginTester(plugin.makeRewriter({"key": "value"}))
+        flow = resultOf(tester.request(makeFlow(url=b"http://a.test/")))
+
+    @ivar clock: the L{MemoryReactorClock} hooks' time limits run on.
+    @ivar warnings: the lines proxyd would log as warnings (a body larger
+        than C{maxBodyBuffer}).
+    """
+
+    def __init__(self, *rewriters, maxBodyBuffer=10 * 1024 * 1024, timeout=30.0):
+        from proxyd.pipeline import Pipeline, Stage
+
+        self.clock = MemoryReactorClock()
+        stages = []
+        for index, rewriter in enumerate(rewriters):
+            label = getattr(rewriter, "name", None) or "{}#{}".format(type(rewriter).__name__, index + 1)
+            stages.append(Stage(label, rewriter))
+        self.pipeline = Pipeline(stages, self.clock, maxBodyBuffer, timeout)
+        self.warnings = []
+
+    def _fits(self, flow, body, readers):
+        if len(body) <= self.pipeline.maxBodyBuffer:
+            return True
+        self.warnings.append(
+            "body of {} bytes for {} is larger than the buffer limit; passed through without {}".format(
+                len(body), flow.request.url.decode("latin-1"), ", ".join(s.label for s in readers)
+            )
+        )
+        return False
+
+    def request(self, flow):
+        """
+        The request hooks: heads, then bodies for the stages that asked
+        (when the client sent a body that fits), then the response hooks
+        if one of them answered.
+
+        @return: Deferred[flow]; C{flow.response} is set on a short-circuit.
+        """
+        from twisted.internet.defer import succeed
+
+        body = flow.notes.pop("_clientBody", None)
+        pipeline = self.pipeline
+
+        def heads(plan):
+            if plan.response is not None:
+                return pipeline.runMadeResponse(flow)
+            if plan.readers and body is not None and self._fits(flow, body, plan.readers):
+                return pipeline.runRequestBody(flow, body, plan.readers).addCallback(bodies)
+            if body is not None and flow.request.body is None:
+                flow.request.body = body
+            return None
+
+        def bodies(plan):
+            if plan.response is not None:
+                return pipeline.runMadeResponse(flow)
+            return None
+
+        d = pipeline.runRequestHead(flow) if pipeline.active else succeed(None)
+        if not pipeline.active:
+            return d.addCallback(lambda _: flow)
+        return d.addCallback(heads).addCallback(lambda _: flow)
+
+    def response(self, flow, response):
+        """
+        The response hooks for C{response} coming from upstream (its body,
+        if any, is what the upstream sends).
+
+        @return: Deferred[flow]; the result is C{flow.response}.
+        """
+        pipeline = self.pipeline
+        body = response.body
+        response.body = None
+        flow.response = response
+
+        def heads(plan):
+            if plan.response is not None:
+                return None
+            if plan.readers and body is not None and self._fits(flow, body, plan.readers):
+                return pipeline.runResponseBody(flow, body, plan.readers)
+            flow.response.body = body
+            return None
+
+        return pipeline.runResponseHead(flow).addCallback(heads).addCallback(lambda _: flow)
+
+    def exchange(self, flow, response):
+        """L{request}, then L{response} unless a request hook answered."""
+
+        def upstream(flow):
+            if flow.response is not None:
+                return flow
+            return self.response(flow, response)
+
+        return self.request(flow).addCallback(upstream)
+
+    def connect(self, host, port=443, sni=None, client="127.0.0.1"):
+        """
+        The connect policies' decision for a CONNECT.
+
+        @return: Deferred[INTERCEPT | TUNNEL | Deny | None].
+        """
+        from proxyd.message import ConnectTarget
+
+        return self.pipeline.runConnect(ConnectTarget(host, port, sni, client))
