@@ -122,6 +122,7 @@ class IRequestRewriter(Interface):
               never buffered;
             - L{READ_BODY}: call L{requestBody} with the whole body
               (requests that have a body only);
+            - an L{IBodyFilter}: stream the body through it;
             - a L{proxyd.message.Response}: answer with it.  Later request
               hooks and the upstream are skipped; every response hook still
               sees it.
@@ -149,7 +150,7 @@ class IResponseRewriter(Interface):
 
         @return: or a Deferred firing with: C{None} (carry on, the body
             streams untouched), L{READ_BODY} (call L{responseBody} with the
-            whole body), or a L{proxyd.message.Response} (send it instead;
+            whole body), an L{IBodyFilter} (stream the body through it), or a L{proxyd.message.Response} (send it instead;
             the upstream's body is dropped; later response hooks see the new
             response).  Responses without a body (HEAD, 204, 304) never get
             a body hook.
@@ -163,6 +164,35 @@ class IResponseRewriter(Interface):
         @return: or a Deferred firing with: C{None} (keep), C{bytes} (the
             new body; proxyd fixes the framing), or a Response (send it
             instead).
+        """
+
+
+class IBodyFilter(Interface):
+    """
+    A body streamed through a plugin chunk by chunk, never held whole:
+    returned by C{requestHead} or C{responseHead} instead of READ_BODY.
+    Synchronous on purpose: it runs as the bytes arrive, so backpressure
+    passes through it.
+    """
+
+    keepsLength = Attribute(
+        "bool: True if the filter returns exactly as many bytes as it is given "
+        "(an observer); proxyd then keeps the message's Content-Length.  False: "
+        "proxyd re-frames the body as chunked (close-delimited for HTTP/1.0)."
+    )
+
+    def filterChunk(data):
+        """
+        @param data: the next C{bytes} of the body (still content-coded).
+        @return: the C{bytes} to send on now (C{b""} holds everything back).
+        """
+
+    def filterEnd():
+        """
+        The body is complete.  Called once per message, right after the head
+        for a message without a body.  A message cut short never gets it.
+
+        @return: C{bytes} still to send (what the filter held back).
         """
 
 
@@ -211,6 +241,19 @@ class ResponseRewriter:
 @implementer(IRequestRewriter, IResponseRewriter)
 class Rewriter(RequestRewriter, ResponseRewriter):
     """No-op request and response hooks."""
+
+
+@implementer(IBodyFilter)
+class BodyFilter:
+    """A pass-through filter (an observer): override C{filterChunk}/C{filterEnd}."""
+
+    keepsLength = True
+
+    def filterChunk(self, data):
+        return data
+
+    def filterEnd(self):
+        return b""
 
 
 @implementer(IConnectPolicy)

@@ -13,12 +13,14 @@ L{proxyd.testing}.
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from proxyd.interfaces import (
     INTERCEPT,
     READ_BODY,
     TUNNEL,
     Deny,
+    IBodyFilter,
     IConnectPolicy,
     IRequestRewriter,
     IResponseRewriter,
@@ -72,20 +74,29 @@ class Stage:
 
 class Plan:
     """
-    What the exchange does after a head hook round.
+    What the exchange does after a round of head hooks.
 
-    @ivar response: a L{Response} to send instead (short-circuit), or None.
-    @ivar readers: the stages that asked for the whole body, in order.
+    @ivar response: a L{Response} to send instead (short-circuit, or a
+        replacement from a response hook), or None.
+    @ivar steps: (stage, READ_BODY or an L{IBodyFilter}) in stage order,
+        for the stages that want the body.
     """
 
-    __slots__ = ("response", "readers")
+    __slots__ = ("response", "steps")
 
-    def __init__(self, response=None, readers=()):
+    def __init__(self, response=None, steps=()):
         self.response = response
-        self.readers = readers
+        self.steps = steps
 
+    @property
+    def readers(self):
+        """The stages that asked for the whole body."""
+        return [stage for stage, how in self.steps if how is READ_BODY]
 
-_NO_CHANGE = Plan()
+    @property
+    def filters(self):
+        """The (stage, filter) pairs the body streams through."""
+        return [(stage, how) for stage, how in self.steps if how is not READ_BODY]
 
 
 def _isResponse(value):
@@ -114,123 +125,168 @@ class Pipeline:
         self.connectStages = tuple(s for s in self.stages if IConnectPolicy.providedBy(s.rewriter))
         self.active = bool(self.requestStages or self.responseStages)
 
-    # Requests
+    # Heads
 
     def runRequestHead(self, flow):
         """
-        Every requestHead in order, until one answers with a Response.
+        Every requestHead in order, until one answers with a Response
+        (which is also put in C{flow.response}).
 
-        @return: Deferred[L{Plan}]; a Response is also put in
-            C{flow.response}.
+        @return: Deferred[L{Plan}].
         """
-        readers = []
+        steps = []
 
         def answer(stage, value):
             if value is None:
-                return False
-            if value is READ_BODY:
-                readers.append(stage)
                 return False
             if _isResponse(value):
                 _complete(value)
                 flow.response = value
                 return True
-            raise _bad(stage, "requestHead", value, "None, READ_BODY or a Response")
-
-        d = self._run(self.requestStages, "requestHead", lambda stage: (flow,), answer, flow)
-        return d.addCallback(lambda _: Plan(flow.response, readers))
-
-    def runRequestBody(self, flow, body, readers):
-        """
-        requestBody of each stage in C{readers}, with the body as the
-        previous one left it (also kept in C{flow.request.body}).
-
-        @return: Deferred[L{Plan}] with C{response} set on a short-circuit.
-        """
-        flow.request.body = body
-
-        def answer(stage, value):
-            if value is None:
+            if value is READ_BODY or IBodyFilter.providedBy(value):
+                steps.append((stage, value))
                 return False
-            if isinstance(value, bytes):
-                flow.request.body = value
-                return False
-            if _isResponse(value):
-                _complete(value)
-                flow.response = value
-                return True
-            raise _bad(stage, "requestBody", value, "None, bytes or a Response")
+            raise _bad(stage, "requestHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        d = self._run(readers, "requestBody", lambda stage: (flow, flow.request.body), answer, flow)
-        return d.addCallback(lambda _: Plan(flow.response))
-
-    # Responses
+        d = self._run(self.requestStages, _hook("requestHead", flow), answer, flow)
+        return d.addCallback(lambda _: Plan(flow.response, steps))
 
     def runResponseHead(self, flow):
         """
         Every responseHead in order on C{flow.response}.  A Response answer
-        replaces C{flow.response}; later stages see the replacement.
+        replaces C{flow.response} (and drops what earlier stages asked of
+        the old body); later stages see the replacement.
 
-        @return: Deferred[L{Plan}]: C{response} is the replacement if there
-            was one (its body is whole: no body hooks need the upstream's);
-            C{readers} the stages that asked for the body.
+        @return: Deferred[L{Plan}]: C{response} is the replacement, whose
+            body is whole, if there was one.
         """
-        readers = []
+        steps = []
         replaced = []
 
         def answer(stage, value):
             if value is None:
                 return False
-            if value is READ_BODY:
-                readers.append(stage)
+            if value is READ_BODY or IBodyFilter.providedBy(value):
+                steps.append((stage, value))
                 return False
             if _isResponse(value):
                 _complete(value)
                 flow.response = value
                 replaced.append(value)
+                del steps[:]
                 return False
-            raise _bad(stage, "responseHead", value, "None, READ_BODY or a Response")
+            raise _bad(stage, "responseHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        d = self._run(self.responseStages, "responseHead", lambda stage: (flow,), answer, flow)
-        return d.addCallback(lambda _: Plan(replaced[-1] if replaced else None, readers))
+        d = self._run(self.responseStages, _hook("responseHead", flow), answer, flow)
+        return d.addCallback(lambda _: Plan(replaced[-1] if replaced else None, steps))
 
-    def runResponseBody(self, flow, body, readers):
+    # Whole bodies
+
+    def runRequestBody(self, flow, body, plan):
         """
-        responseBody of each stage in C{readers}; the result is left in
-        C{flow.response} (its C{body}, or a whole replacement).
+        The whole request body through C{plan.steps} in order: filters over
+        the whole body, requestBody for the readers.  The result is in
+        C{flow.request.body}.
+
+        @return: Deferred[L{Plan}] with C{response} set on a short-circuit.
+        """
+        flow.request.body = body
+        return self._runBody(flow, flow.request, plan.steps, "requestBody", True).addCallback(
+            lambda _: Plan(flow.response)
+        )
+
+    def runResponseBody(self, flow, body, plan):
+        """
+        As L{runRequestBody} for C{flow.response}; a Response answer
+        replaces it (later steps see the new one).
 
         @return: Deferred[None].
         """
         flow.response.body = body
+        return self._runBody(flow, flow.response, plan.steps, "responseBody", False)
 
-        def answer(stage, value):
+    def _runBody(self, flow, message, steps, hook, stopOnResponse):
+        def call(step):
+            stage, how = step
+            current = flow.request if stopOnResponse else flow.response
+            if how is READ_BODY:
+                return getattr(stage.rewriter, hook)(flow, current.body)
+            return self.filterWhole([step], current.body, flow)
+
+        def answer(step, value):
+            stage = step[0]
             if value is None:
                 return False
             if isinstance(value, bytes):
-                flow.response.body = value
+                (flow.request if stopOnResponse else flow.response).body = value
                 return False
             if _isResponse(value):
                 _complete(value)
                 flow.response = value
-                return False
-            raise _bad(stage, "responseBody", value, "None, bytes or a Response")
+                return stopOnResponse
+            raise _bad(stage, hook, value, "None, bytes or a Response")
 
-        return self._run(readers, "responseBody", lambda stage: (flow, flow.response.body), answer, flow)
+        return self._run(steps, call, answer, flow, label=lambda step: step[0].label, hookName=hook)
 
     def runMadeResponse(self, flow):
         """
         The response hooks for a response that is already whole (made by a
-        request hook): heads, then bodies for the stages that ask.
+        request hook): heads, then the body steps.
 
         @return: Deferred[None]; the result is in C{flow.response}.
         """
 
         def heads(plan):
-            if not plan.readers:
+            if not plan.steps:
                 return None
-            return self.runResponseBody(flow, flow.response.body, plan.readers)
+            return self.runResponseBody(flow, flow.response.body, plan)
 
         return self.runResponseHead(flow).addCallback(heads)
+
+    # Streaming filters
+
+    def filterChunk(self, filters, data, subject):
+        """
+        C{data} through each (stage, filter) in turn.
+
+        @raise PluginError: a filter raised (logged here) or returned
+            something other than bytes.
+        """
+        for stage, bodyFilter in filters:
+            data = self._filterCall(stage, bodyFilter.filterChunk, "filterChunk", (data,), subject)
+        return data
+
+    def filterEnd(self, filters, subject):
+        """End every filter; what one releases at its end goes through the later ones."""
+        data = b""
+        for stage, bodyFilter in filters:
+            if data:
+                data = self._filterCall(stage, bodyFilter.filterChunk, "filterChunk", (data,), subject)
+            data += self._filterCall(stage, bodyFilter.filterEnd, "filterEnd", (), subject)
+        return data
+
+    def filterWhole(self, filters, body, subject):
+        """A whole body through the filters."""
+        data = self.filterChunk(filters, body, subject) if body else b""
+        return data + self.filterEnd(filters, subject)
+
+    def _filterCall(self, stage, method, hook, args, subject):
+        try:
+            value = method(*args)
+        except Exception:
+            self._log.failure(
+                "Plugin {plugin} failed in {hook} for {subject}",
+                plugin=stage.label,
+                hook=hook,
+                subject=_describe(subject),
+            )
+            raise PluginError(
+                502, stage.label, hook,
+                "plugin {} failed in {} (traceback in the proxyd log)".format(stage.label, hook),
+            )
+        if not isinstance(value, bytes):
+            raise _bad(stage, hook, value, "bytes")
+        return value
 
     # CONNECT
 
@@ -252,50 +308,55 @@ class Pipeline:
 
         if not self.connectStages:
             return succeed(None)
-        d = self._run(self.connectStages, "connectDecision", lambda stage: (target,), answer, target)
+        d = self._run(self.connectStages, _hook("connectDecision", target), answer, target)
         return d.addCallback(lambda _: decision[0] if decision else None)
 
     # The loop
 
-    def _run(self, stages, hook, args, answer, subject):
+    def _run(self, items, call, answer, subject, label=None, hookName=None):
         """
-        Call C{hook} on each stage in order; C{answer(stage, value)} returns
+        C{call(item)} for each item in order; C{answer(item, value)} returns
         True to stop.  Synchronous hooks run in a plain loop: a Deferred is
         only waited for when a hook returns one that has not fired.
 
+        @param call: returns the hook's answer; made by L{_hook} for stages.
         @return: a Deferred firing with None, or failing with L{PluginError}.
         """
-        done = Deferred(canceller=lambda d: pending and pending[0].cancel())
+        if label is None:
+            label = _stageLabel
+        if hookName is None:
+            hookName = call.hookName
         pending = []
+        done = Deferred(canceller=lambda d: pending and pending[0].cancel())
 
         def step(index):
-            while index < len(stages):
-                stage = stages[index]
+            while index < len(items):
+                item = items[index]
                 try:
-                    value = getattr(stage.rewriter, hook)(*args(stage))
+                    value = call(item)
                     if isinstance(value, Deferred):
                         pending[:] = [value]
                         if not value.called:
                             value.addTimeout(self.timeout, self.clock, _timedOut)
-                        value.addCallbacks(resumed, failed, (stage, index), None, (stage,))
+                        value.addCallbacks(resumed, failed, (item, index), None, (item,))
                         return
-                    if answer(stage, value):
+                    if answer(item, value):
                         break
                 except PluginError as e:
                     done.errback(e)
                     return
                 except BaseException:
-                    failed(None, stage)
+                    failed(None, item)
                     return
                 index += 1
             done.callback(None)
 
-        def resumed(value, stage, index):
+        def resumed(value, item, index):
             del pending[:]
             if done.called:
                 return
             try:
-                if answer(stage, value):
+                if answer(item, value):
                     done.callback(None)
                     return
             except PluginError as e:
@@ -303,41 +364,43 @@ class Pipeline:
                 return
             step(index + 1)
 
-        def failed(failure, stage):
+        def failed(failure, item):
             del pending[:]
             if done.called:
+                return None
+            plugin = label(item)
+            if failure is not None and failure.check(PluginError):
+                done.errback(failure)
                 return None
             if failure is not None and failure.check(_TimedOut):
                 self._log.warn(
                     "Plugin {plugin} did not answer {hook} within {t:g}s for {subject}",
-                    plugin=stage.label,
-                    hook=hook,
+                    plugin=plugin,
+                    hook=hookName,
                     t=self.timeout,
                     subject=_describe(subject),
                 )
                 done.errback(
                     PluginError(
-                        504, stage.label, hook,
-                        "plugin {} did not answer {} within {:g}s".format(stage.label, hook, self.timeout),
+                        504, plugin, hookName,
+                        "plugin {} did not answer {} within {:g}s".format(plugin, hookName, self.timeout),
                     )
                 )
                 return None
             if failure is None:
-                from twisted.python.failure import Failure
-
                 failure = Failure()
             self._log.failure(
                 "Plugin {plugin} failed in {hook} for {subject}",
                 failure,
-                plugin=stage.label,
-                hook=hook,
+                plugin=plugin,
+                hook=hookName,
                 subject=_describe(subject),
             )
             done.errback(
                 PluginError(
-                    502, stage.label, hook,
+                    502, plugin, hookName,
                     "plugin {} failed in {}: {} (traceback in the proxyd log)".format(
-                        stage.label, hook, failure.type.__name__
+                        plugin, hookName, failure.type.__name__
                     ),
                 )
             )
@@ -345,6 +408,20 @@ class Pipeline:
 
         step(0)
         return done
+
+
+def _hook(name, *args):
+    """A C{call} for L{Pipeline._run}: the named hook of each stage's rewriter."""
+
+    def call(stage):
+        return getattr(stage.rewriter, name)(*args)
+
+    call.hookName = name
+    return call
+
+
+def _stageLabel(stage):
+    return stage.label
 
 
 def _timedOut(result, timeout):

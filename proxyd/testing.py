@@ -139,58 +139,76 @@ class PluginTester:
         than C{maxBodyBuffer}).
     """
 
-    def __init__(self, *rewriters, maxBodyBuffer=10 * 1024 * 1024, timeout=30.0):
+    def __init__(self, *rewriters, maxBodyBuffer=10 * 1024 * 1024, timeout=30.0, chunkSize=16384):
+        """
+        @param chunkSize: streamed bodies reach L{IBodyFilter}s in chunks of
+            this many bytes (try 1 to test chunk boundaries).
+        """
         from proxyd.pipeline import Pipeline, Stage
 
+        self.chunkSize = chunkSize
         self.clock = MemoryReactorClock()
         stages = []
-        for index, rewriter in enumerate(rewriters):
-            label = getattr(rewriter, "name", None) or "{}#{}".format(type(rewriter).__name__, index + 1)
-            stages.append(Stage(label, rewriter))
+        seen = {}
+        for rewriter in rewriters:
+            name = getattr(rewriter, "name", None) or type(rewriter).__name__
+            seen[name] = seen.get(name, 0) + 1
+            stages.append(Stage(name if seen[name] == 1 else "{}#{}".format(name, seen[name]), rewriter))
         self.pipeline = Pipeline(stages, self.clock, maxBodyBuffer, timeout)
         self.warnings = []
 
-    def _fits(self, flow, body, readers):
+    def _fits(self, flow, body, plan):
         if len(body) <= self.pipeline.maxBodyBuffer:
             return True
         self.warnings.append(
             "body of {} bytes for {} is larger than the buffer limit; passed through without {}".format(
-                len(body), flow.request.url.decode("latin-1"), ", ".join(s.label for s in readers)
+                len(body), flow.request.url.decode("latin-1"), ", ".join(s.label for s in plan.readers)
             )
         )
         return False
 
+    def _body(self, flow, message, body, plan, runWhole):
+        """What an exchange does with a body, given the head hooks' plan."""
+        if not plan.steps:
+            message.body = body
+            return None
+        if plan.readers and body is not None and self._fits(flow, body, plan):
+            return runWhole(flow, body, plan)
+        # Streamed: the filters only, in chunks of chunkSize.
+        filters = plan.filters
+        out = []
+        data = body or b""
+        for start in range(0, len(data), self.chunkSize):
+            out.append(self.pipeline.filterChunk(filters, data[start:start + self.chunkSize], flow))
+        out.append(self.pipeline.filterEnd(filters, flow))
+        message.body = b"".join(out) if body is not None or any(out) else None
+        return None
+
     def request(self, flow):
         """
-        The request hooks: heads, then bodies for the stages that asked
-        (when the client sent a body that fits), then the response hooks
-        if one of them answered.
+        The request hooks: heads, then what they asked of the body the
+        client sent (C{makeFlow(body=...)}), then the response hooks if one
+        of them answered.
 
-        @return: Deferred[flow]; C{flow.response} is set on a short-circuit.
+        @return: Deferred[flow]: C{flow.request.body} is the body as sent
+            upstream; C{flow.response} is set on a short-circuit.
         """
-        from twisted.internet.defer import succeed
-
         body = flow.notes.pop("_clientBody", None)
         pipeline = self.pipeline
 
         def heads(plan):
             if plan.response is not None:
                 return pipeline.runMadeResponse(flow)
-            if plan.readers and body is not None and self._fits(flow, body, plan.readers):
-                return pipeline.runRequestBody(flow, body, plan.readers).addCallback(bodies)
-            if body is not None and flow.request.body is None:
-                flow.request.body = body
-            return None
+            return self._body(flow, flow.request, body, plan, pipeline.runRequestBody)
 
-        def bodies(plan):
-            if plan.response is not None:
+        def answered(plan):
+            if isinstance(plan, Plan) and plan.response is not None:
                 return pipeline.runMadeResponse(flow)
             return None
 
-        d = pipeline.runRequestHead(flow) if pipeline.active else succeed(None)
-        if not pipeline.active:
-            return d.addCallback(lambda _: flow)
-        return d.addCallback(heads).addCallback(lambda _: flow)
+        from proxyd.pipeline import Plan
+
+        return pipeline.runRequestHead(flow).addCallback(heads).addCallback(answered).addCallback(lambda _: flow)
 
     def response(self, flow, response):
         """
@@ -206,11 +224,10 @@ class PluginTester:
 
         def heads(plan):
             if plan.response is not None:
+                if plan.steps:
+                    return pipeline.runResponseBody(flow, flow.response.body, plan)
                 return None
-            if plan.readers and body is not None and self._fits(flow, body, plan.readers):
-                return pipeline.runResponseBody(flow, body, plan.readers)
-            flow.response.body = body
-            return None
+            return self._body(flow, flow.response, body, plan, pipeline.runResponseBody)
 
         return pipeline.runResponseHead(flow).addCallback(heads).addCallback(lambda _: flow)
 
