@@ -47,6 +47,7 @@ class ProxyChannel(Protocol):
 
     def __init__(self, factory, origin=None):
         self.origin = origin
+        self.denied = None  # (status, reason) for every request inside a denied tunnel
         self.interception = None
         self.tlsEstablished = False
         self.factory = factory
@@ -55,6 +56,11 @@ class ProxyChannel(Protocol):
         self.pool = factory.pool
         self.connector = factory.connector
         self.bodyProducer = _Pauser(self._pauseForUpstream, self._resumeForUpstream)
+        self.exchangeClass = HttpExchange
+        if factory.pipeline.active:
+            from proxyd.rewriting import PluginExchange
+
+            self.exchangeClass = PluginExchange
         self.reader = h1.RequestReader(self, self.config.maxHeaderSize)
         self.exchange = None  # HttpExchange or Tunnel in flight
         self.relay = None
@@ -227,6 +233,8 @@ class ProxyChannel(Protocol):
             if not self.allowed:
                 self._log.info("Refused client {client}: not in --allow", client=self.client)
                 raise ProxyError(403, "client address {} is not allowed to use this proxy".format(self.client))
+            if self.denied is not None:
+                raise ProxyError(*self.denied)
             if self.origin is not None:
                 work = self._originExchange(head)
             elif head.method == b"CONNECT":
@@ -237,7 +245,7 @@ class ProxyChannel(Protocol):
                 return
             else:
                 host, port, path, hostHeader = parseAbsoluteURL(head.target)
-                work = HttpExchange(self, head, host, port, path, hostHeader)
+                work = self.exchangeClass(self, head, host, port, path, hostHeader)
         except ProxyError as e:
             self.sendError(e.status, e.reason, None)
             return
@@ -300,7 +308,7 @@ class ProxyChannel(Protocol):
             hostHeader = (tlsName or host).encode("idna")
             if port != (443 if tlsName else 80):
                 hostHeader += b":%d" % (port,)
-        return HttpExchange(self, head, host, port, target, hostHeader, tlsName=tlsName)
+        return self.exchangeClass(self, head, host, port, target, hostHeader, tlsName=tlsName)
 
     def _servePage(self, head):
         if self.config.mode == "mitm" and head.target.split(b"?", 1)[0] == b"/ca.pem":
@@ -367,7 +375,12 @@ class ProxyChannel(Protocol):
         self._logAccess(exchange)
         self.exchange = None
         if closeClient or self.closing:
-            self._close()
+            if not exchange.requestDone:
+                # Answered before the body was read (a plugin's response):
+                # drain a little so the client reads it instead of a reset.
+                self._lingeringClose()
+            else:
+                self._close()
         else:
             self._idle()
 

@@ -74,6 +74,12 @@ class ProxyConfig:
     upstreamCA: tuple = ()
     upstreamInsecure: bool = False
     trustRoot: object = None
+    # plugins
+    plugins: tuple = ()  # LoadedPlugin, in --plugin order
+    pluginPaths: tuple = ()
+    pluginWarnings: tuple = ()  # one line per plugin module that failed to import
+    maxBodyBuffer: int = 10 * 1024 * 1024
+    pluginTimeout: float = 30.0
 
     @addressPolicy.default
     def _defaultAddressPolicy(self):
@@ -84,13 +90,14 @@ class ProxyConfig:
 
 
 # Option name -> the TOML types accepted for it.
-_STR, _LIST, _BOOL, _NUMBER, _INT, _PORTS = (
+_STR, _LIST, _BOOL, _NUMBER, _INT, _PORTS, _SIZE = (
     "a string",
     "a list of strings",
     "true or false",
     "a number",
     "an integer",
     "a string like \"443,8443\"",
+    "a number of bytes or a string like \"10MiB\"",
 )
 OPTIONS = {
     "mode": _STR,
@@ -115,6 +122,10 @@ OPTIONS = {
     "passthrough": _LIST,
     "upstream-ca": _LIST,
     "upstream-insecure": _BOOL,
+    "plugin": _LIST,
+    "plugin-path": _LIST,
+    "max-body-buffer": _SIZE,
+    "plugin-timeout": _NUMBER,
 }
 
 # Options that set one thing two ways: the command line giving either one
@@ -248,7 +259,48 @@ def build(values, sources, reactor, configFile=None):
         raise ConfigError("--ca-cert: give --ca-cert and --ca-key together")
     if mode == "mitm":
         fields["ca"] = _loadCA(values)
+    if "max-body-buffer" in values:
+        fields["maxBodyBuffer"] = check("max-body-buffer", _size)
+    if "plugin-timeout" in values:
+        fields["pluginTimeout"] = check("plugin-timeout", _seconds)
+    if "plugin-path" in values:
+        fields["pluginPaths"] = check("plugin-path", _directories)
+    if values.get("plugin"):
+        fields["plugins"], fields["pluginWarnings"] = _loadPlugins(
+            _asList(values["plugin"]), fields.get("pluginPaths", ())
+        )
     return ProxyConfig(**fields)
+
+
+def _loadPlugins(specs, paths):
+    from proxyd.pluginload import PluginLoadError, load
+
+    try:
+        plugins, warnings = load(specs, paths)
+    except PluginLoadError as e:
+        raise ConfigError(str(e))
+    return plugins, tuple(warnings)
+
+
+def _directories(value):
+    import os
+
+    paths = []
+    for path in _asList(value):
+        if not os.path.isdir(path):
+            raise ValueError(f"{path}: not a directory")
+        paths.append(os.path.abspath(path))
+    return tuple(paths)
+
+
+def _size(value):
+    from proxyd.pluginsettings import parseSize
+
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must be at least 0, got {value}")
+        return value
+    return parseSize(value)
 
 
 def _globs(value):
@@ -451,6 +503,8 @@ def _typeOk(expected, value):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected == _INT:
         return isinstance(value, int) and not isinstance(value, bool)
+    if expected == _SIZE:
+        return isinstance(value, (str, int)) and not isinstance(value, bool)
     # _PORTS
     ok = (str, int)
     if isinstance(value, list):

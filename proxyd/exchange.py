@@ -136,7 +136,9 @@ class HttpExchange:
         self.bytesOut = 0
         self.status = None
         self.upgrading = False
+        self.upstreamChunked = False
         self.relay = None
+        self.method = head.method
 
     # Upstream connection
 
@@ -178,6 +180,15 @@ class HttpExchange:
     def _attach(self, conn):
         self.upstream = conn
         self.channel.upstreamAddress = conn.peer
+        data = self._requestHeadBytes()
+        self.bytesIn += len(data)
+        conn.begin(self, data, self.method == b"HEAD")
+        self._sendBodyStart(conn)
+        if not self.requestDone:
+            self.channel.releaseRequest()
+
+    def _requestHeadBytes(self):
+        """The request head as the upstream gets it."""
         head = self.head
         upgrade = head.method == b"GET" and any(n.lower() == b"upgrade" for n, _ in head.headers)
         self.upgrading = upgrade
@@ -189,13 +200,14 @@ class HttpExchange:
             headers.append((b"Content-Length", b"%d" % (head.length,)))
         elif head.framing == h1.CHUNKED:
             headers.append((b"Transfer-Encoding", b"chunked"))
+            self.upstreamChunked = True
         addVia(headers, head.version)
-        data = h1.serializeHead(head.method + b" " + self.path + b" HTTP/1.1", headers)
-        self.bytesIn += len(data)
-        conn.begin(self, data, head.method == b"HEAD")
-        if head.framing != h1.NO_BODY and not self.requestDone:
+        return h1.serializeHead(head.method + b" " + self.path + b" HTTP/1.1", headers)
+
+    def _sendBodyStart(self, conn):
+        """After the head: let the client's body flow up, with backpressure."""
+        if self.head.framing != h1.NO_BODY and not self.requestDone:
             conn.transport.registerProducer(self.channel.bodyProducer, True)
-        self.channel.releaseRequest()
 
     # Request body, from the channel
 
@@ -204,7 +216,7 @@ class HttpExchange:
             return
         self.requestBodySent += len(data)
         self.bytesIn += len(data)
-        if self.head.framing == h1.CHUNKED:
+        if self.upstreamChunked:
             self.upstream.transport.write(h1.chunk(data))
         else:
             self.upstream.transport.write(data)
@@ -214,7 +226,7 @@ class HttpExchange:
         if self.upstream is None or self.done:
             return
         if self.head.framing != h1.NO_BODY:
-            if self.head.framing == h1.CHUNKED:
+            if self.upstreamChunked:
                 self.upstream.transport.write(h1.LAST_CHUNK)
             self.upstream.transport.unregisterProducer()
 
@@ -250,39 +262,53 @@ class HttpExchange:
         self.responseHead = head
         self.responseStarted = True
         self.status = head.status
-        clientVersion = self.head.version
         if head.status == 101:
             if not self.upgrading:
                 self._upstreamBroken("upstream switched protocols without being asked")
                 return
-            headers = endToEnd(head.headers, keepUpgrade=True)
-        else:
-            framing = head.framing
-            keepFraming = framing in (h1.NO_BODY, h1.LENGTH)
-            headers = endToEnd(head.headers, keepFraming=keepFraming)
-            if not keepFraming:
-                if clientVersion == b"1.1":
-                    self.rechunk = True
-                    headers.append((b"Transfer-Encoding", b"chunked"))
-                else:
-                    self.closeClient = True
-            if not self.requestDone or self.upgrading:
-                # The origin answered before the body was all sent (or
-                # refused an upgrade): the client connection cannot be
-                # reused safely.
+            headers = addVia(endToEnd(head.headers, keepUpgrade=True), head.version)
+            data = h1.serializeHead(b"HTTP/1.1 101 %s" % (head.reason or statusPhrase(101),), headers)
+            self.bytesOut += len(data)
+            self.channel.transport.write(data)
+            return
+        framing = head.framing
+        headers = endToEnd(head.headers, keepFraming=framing in (h1.NO_BODY, h1.LENGTH))
+        self._sendHead(head.status, head.reason, headers, framing, head.version, framing != h1.NO_BODY)
+
+    def _sendHead(self, status, reason, headers, framing, version, streaming):
+        """
+        Write a response head to the client.
+
+        @param headers: end-to-end pairs, with Content-Length already in
+            them for a LENGTH or NO_BODY framing.
+        @param framing: how the body that follows arrives: CHUNKED and
+            UNTIL_CLOSE bodies are re-chunked for HTTP/1.1 clients and
+            close-delimited for HTTP/1.0 ones.
+        @param streaming: whether the body is relayed from the upstream
+            (whose transport then becomes the client's producer).
+        """
+        if framing in (h1.CHUNKED, h1.UNTIL_CLOSE):
+            if self.head.version == b"1.1":
+                self.rechunk = True
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
                 self.closeClient = True
-            if self.channel.closing:
-                self.closeClient = True
-            if self.closeClient:
-                headers.append((b"Connection", b"close"))
-            elif clientVersion != b"1.1":
-                headers.append((b"Connection", b"keep-alive"))
-        addVia(headers, head.version)
-        data = h1.serializeHead(b"HTTP/1.1 %d %s" % (head.status, head.reason or statusPhrase(head.status)), headers)
+        if not self.requestDone or self.upgrading:
+            # The origin answered before the body was all sent (or refused
+            # an upgrade): the client connection cannot be reused safely.
+            self.closeClient = True
+        if self.channel.closing:
+            self.closeClient = True
+        if self.closeClient:
+            headers.append((b"Connection", b"close"))
+        elif self.head.version != b"1.1":
+            headers.append((b"Connection", b"keep-alive"))
+        addVia(headers, version)
+        data = h1.serializeHead(b"HTTP/1.1 %d %s" % (status, reason or statusPhrase(status)), headers)
         self.bytesOut += len(data)
         transport = self.channel.transport
         transport.write(data)
-        if head.framing != h1.NO_BODY:
+        if streaming:
             transport.registerProducer(self.upstream.transport, True)
 
     def _responseEnd(self):
@@ -290,6 +316,11 @@ class HttpExchange:
             self.channel.transport.write(h1.LAST_CHUNK)
         if self.responseHead.framing != h1.NO_BODY:
             self.channel.transport.unregisterProducer()
+        self._releaseUpstream()
+        self._finish()
+
+    def _releaseUpstream(self):
+        """The response is complete: pool the connection, or close it."""
         conn = self.upstream
         if self.responseHead.keepAlive and self.requestDone and conn.connected and not conn.reader.dirty:
             self.channel.pool.release(conn)
@@ -297,7 +328,6 @@ class HttpExchange:
             conn.detach()
             conn.transport.loseConnection()
         self.upstream = None
-        self._finish()
 
     def _upgraded(self, rest):
         """101 Switching Protocols: the two connections become a byte relay."""

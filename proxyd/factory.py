@@ -48,6 +48,14 @@ class ProxyFactory(Factory):
             trustRoot=config.trustRoot,
             tlsInsecure=config.upstreamInsecure,
         )
+        from proxyd.pipeline import Pipeline, Stage
+
+        self.pipeline = Pipeline(
+            [Stage(p.label, p.rewriter) for p in config.plugins],
+            reactor,
+            config.maxBodyBuffer,
+            config.pluginTimeout,
+        )
         self.channels = set()
         self._saturated = False
         self.leaves = None
@@ -86,6 +94,22 @@ class ProxyFactory(Factory):
                 self._serverTLS.pop(next(iter(self._serverTLS)))
             self._serverTLS[leaf.serial] = options
         return options
+
+    def connectDecision(self, target):
+        """
+        What to do with a CONNECT: --passthrough first, then the plugins'
+        connect policies in --plugin order.
+
+        @param target: a L{proxyd.message.ConnectTarget}.
+        @return: Deferred[INTERCEPT | TUNNEL | Deny | None].
+        """
+        from twisted.internet.defer import succeed
+
+        from proxyd.mitm import TUNNEL, connectDecision
+
+        if self.config.passthrough and connectDecision(self.config, target.host, target.sni) == TUNNEL:
+            return succeed(TUNNEL)
+        return self.pipeline.runConnect(target)
 
     def buildProtocol(self, addr):
         if len(self.channels) >= self.config.maxConnections:

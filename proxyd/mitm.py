@@ -16,8 +16,6 @@ The decision to intercept or tunnel is made in one place,
 L{connectDecision}, so that plugins' connect policies can join it.
 """
 
-import fnmatch
-
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -25,21 +23,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from proxyd.relay import Relay
 from proxyd.sniff import HTTP, NEED_MORE, TLS, ClientHelloError, ClientHelloReader, classify
 
-INTERCEPT = "intercept"
-TUNNEL = "tunnel"
+from proxyd.interfaces import INTERCEPT, TUNNEL, Deny
+from proxyd.message import ConnectTarget
+from proxyd.pipeline import PluginError
+from proxyd.pluginsettings import matchesHost
 
 # Bytes the client may send before proxyd has decided what it speaks.
 SNIFF_LIMIT = 65536
 
-
-
-def matchesHost(patterns, name):
-    """Whether C{name} matches one of the glob C{patterns} (case-insensitive)."""
-    name = name.lower().rstrip(".")
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(name, pattern):
-            return True
-    return False
 
 
 def connectDecision(config, host, sni):
@@ -85,6 +76,7 @@ class Interception:
         self.name = None
         self.waiting = False
         self.finished = False
+        self.denied = None
         peer.earlyData = self._serverSpokeFirst
 
     def _serverSpokeFirst(self, data):
@@ -137,13 +129,49 @@ class Interception:
         hello = self.hello.result
         if hello is None:
             return
-        name = hello.sni or self.tunnel.host
-        if connectDecision(self.factory.config, self.tunnel.host, hello.sni) == TUNNEL:
-            self._blind("passthrough")
-            return
+        self.name = hello.sni or self.tunnel.host
+        self.sni = hello.sni
         self.waiting = True
-        self.name = name
-        self.factory.leaves.leafFor(name).addCallbacks(self._gotLeaf, self._leafFailed)
+        if self.tunnel.decision is not None:
+            self._decided(self.tunnel.decision)
+            return
+        target = ConnectTarget(self.tunnel.host, self.tunnel.port, hello.sni, self.channel.client)
+        self.factory.connectDecision(target).addCallbacks(self._decided, self._decisionFailed)
+
+    def _decided(self, decision):
+        """Intercept (a leaf for the name), tunnel blind, or deny inside TLS."""
+        if self.finished:
+            return
+        if decision == TUNNEL:
+            self.waiting = False
+            self._blind("passthrough" if self.tunnel.decision is None and self._passthrough() else "policy")
+            return
+        if isinstance(decision, Deny):
+            self.denied = (decision.status, decision.reason)
+            self._log.info(
+                "{client} CONNECT {target} (SNI {name}): denied by a connect policy; "
+                "requests inside get {status}",
+                client=self.channel.client,
+                target=self.tunnel.target,
+                name=self.name,
+                status=decision.status,
+            )
+        self.factory.leaves.leafFor(self.name).addCallbacks(self._gotLeaf, self._leafFailed)
+
+    def _passthrough(self):
+        return connectDecision(self.factory.config, self.tunnel.host, self.sni) == TUNNEL
+
+    def _decisionFailed(self, failure):
+        if self.finished:
+            return None
+        if failure.check(PluginError):
+            # No status can be sent before TLS is up: serve it inside.
+            self.denied = (failure.value.status, failure.value.reason)
+            self.factory.leaves.leafFor(self.name).addCallbacks(self._gotLeaf, self._leafFailed)
+            return None
+        self._log.failure("Connect policy failed for {target}", failure, target=self.tunnel.target)
+        self._close()
+        return None
 
     def _blind(self, why):
         """Tunnel byte-exact to the upstream connection already open."""
@@ -161,6 +189,7 @@ class Interception:
         channel = self.channel
         self.peer.transport.loseConnection()  # the pool opens its own
         inner = ProxyChannel(self.factory, origin=(tlsName, self.tunnel.host, self.tunnel.port))
+        inner.denied = self.denied
         self.innerChannel = inner
         self.tunnel.mode = "intercepted" if tlsName else "plain HTTP"
         if tlsName is None:

@@ -8,6 +8,8 @@ non-zero exit (a UsageError would print the whole usage text); makeService
 only assembles, because anything it raises is a traceback.
 """
 
+import sys
+
 from twisted.python import usage
 
 from proxyd import config
@@ -26,6 +28,8 @@ class Options(usage.Options):
          "private and link-local addresses."],
         ["upstream-insecure", None, "Do not verify upstream TLS certificates "
          "(logged as a warning at start and on every connection)."],
+        ["list-plugins", None, "Print the plugins found (with --plugin-path) "
+         "and exit."],
         ["deny-private", None, "Never let upstream connections reach loopback, "
          "private or link-local addresses. [default: allowed while every "
          "listener is loopback-only]"],
@@ -60,6 +64,11 @@ class Options(usage.Options):
          "on first start. [default: $PROXYD_HOME, else ~/.proxyd]"],
         ["ca-cert", None, None, "mitm: use this CA certificate (with --ca-key)."],
         ["ca-key", None, None, "mitm: the key of --ca-cert."],
+        ["max-body-buffer", None, None, "Largest body a plugin may ask to see "
+         "whole (bytes, or 64k, 10MiB); larger ones pass through untouched. "
+         "[default: 10MiB]"],
+        ["plugin-timeout", None, None, "Seconds a plugin hook may take before "
+         "the request is answered 504. [default: 30]"],
         ["leaf-key", None, None, "mitm: ecdsa (one P-256 key for all leaves) "
          "or rsa (one RSA-2048 key). [default: ecdsa]"],
     ]
@@ -74,6 +83,16 @@ class Options(usage.Options):
         self["allow"] = []
         self["passthrough"] = []
         self["upstream-ca"] = []
+        self["plugin"] = []
+        self["plugin-path"] = []
+
+    def opt_plugin(self, spec):
+        """NAME[:key=value,...]: enable a rewriting plugin; repeatable, applied in the order given."""
+        self["plugin"].append(spec)
+
+    def opt_plugin_path(self, directory):
+        """Another directory searched for plugins; repeatable. [default: the bundled plugins only]"""
+        self["plugin-path"].append(directory)
 
     def opt_listen(self, endpoint):
         """Server endpoint string to listen on; repeatable. [default: tcp:8080:interface=127.0.0.1]"""  # noqa: E501
@@ -95,10 +114,24 @@ class Options(usage.Options):
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
+        if self["list-plugins"]:
+            self._listPlugins()
         try:
             self["proxyConfig"] = config.fromOptions(self, reactor)
         except config.ConfigError as e:
             raise SystemExit(f"proxyd: {e}")
+        for line in self["proxyConfig"].pluginWarnings:
+            sys.stderr.write(f"proxyd: warning: plugin module failed to import: {line}\n")
+
+    def _listPlugins(self):
+        from proxyd.pluginload import PluginLoadError, listing
+
+        try:
+            sys.stdout.write(listing(self["plugin-path"]))
+        except PluginLoadError as e:
+            raise SystemExit(f"proxyd: {e}")
+        sys.stdout.flush()
+        raise SystemExit(0)
 
 
 def makeService(options):

@@ -37,7 +37,17 @@ class FakeProxy:
     connections and to complete or fail the upstream connections it starts.
     """
 
-    def __init__(self, accessLog=None, **configArgs):
+    def __init__(self, accessLog=None, rewriters=(), **configArgs):
+        """
+        @param rewriters: plugin rewriters to run, in order (as if given
+            with --plugin).
+        """
+        from proxyd.pluginload import LoadedPlugin
+
+        if rewriters:
+            configArgs["plugins"] = tuple(
+                LoadedPlugin(getattr(r, "name", None) or type(r).__name__, type(r).__name__, {}, r) for r in rewriters
+            )
         self.reactor = MemoryReactorClock()
         self.config = makeConfig(**configArgs)
         self.factory = ProxyFactory(self.config, self.reactor, accessLog)

@@ -12,6 +12,9 @@ from twisted.logger import Logger
 from proxyd.connect import formatAddress
 from proxyd.errors import ProxyError
 from proxyd.exchange import splitAuthority
+from proxyd.interfaces import TUNNEL, Deny
+from proxyd.message import ConnectTarget
+from proxyd.pipeline import PluginError
 from proxyd.relay import Relay, RelayPeer
 
 class _PeerFactory(Factory):
@@ -49,6 +52,7 @@ class Tunnel:
         self.status = None
         self.done = False
         self.mode = "tunnel"
+        self.decision = None  # a connect policy's answer, if one had an opinion
 
     @property
     def target(self):
@@ -58,7 +62,41 @@ class Tunnel:
         channel = self.channel
         if self.port not in channel.config.connectPorts:
             raise ProxyError(403, "CONNECT to port {} is not allowed (--connect-ports)".format(self.port))
-        self.connecting = channel.connector.connect(self.host, self.port, _peerFactory)
+        factory = channel.factory
+        if not (factory.pipeline.connectStages or channel.config.passthrough):
+            self._connect()
+            return
+        target = ConnectTarget(self.host, self.port, None, channel.client)
+        factory.connectDecision(target).addCallbacks(self._decided, self._policyFailed)
+
+    def _decided(self, decision):
+        if self.done:
+            return
+        self.decision = decision
+        if isinstance(decision, Deny):
+            self._log.info(
+                "{client} CONNECT {target}: denied by a connect policy ({status} {reason})",
+                client=self.channel.client,
+                target=self.target,
+                status=decision.status,
+                reason=decision.reason,
+            )
+            self.status = decision.status
+            self.channel.sendError(decision.status, decision.reason, self)
+            return
+        self._connect()
+
+    def _policyFailed(self, failure):
+        if self.done:
+            return None
+        if failure.check(PluginError):
+            self.status = failure.value.status
+            self.channel.sendError(failure.value.status, failure.value.reason, self)
+            return None
+        return failure
+
+    def _connect(self):
+        self.connecting = self.channel.connector.connect(self.host, self.port, _peerFactory)
         self.connecting.addCallbacks(self._connected, self._failed)
 
     def _connected(self, peer):
@@ -71,7 +109,7 @@ class Tunnel:
         addr = peer.transport.getPeer()
         channel.upstreamAddress = formatAddress(addr.host, addr.port)
         channel.transport.write(ESTABLISHED)
-        if channel.config.mode == "mitm":
+        if channel.config.mode == "mitm" and self.decision != TUNNEL:
             channel.startInterception(self, peer)
             return
         self.relay = Relay(channel.clock, channel, peer, channel.relayDone)

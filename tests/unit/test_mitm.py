@@ -79,15 +79,32 @@ class InterceptionTests(SynchronousTestCase):
         peer.dataReceived(b"SSH-2.0-server\r\n")
         self.assertEqual(client.value(), b"SSH-2.0-server\r\n")
 
-    def test_passthroughTunnelsTheHello(self):
-        """A passthrough host's ClientHello goes to the origin untouched."""
+    def test_passthroughHostIsTunnelledAtOnce(self):
+        """
+        A CONNECT to a passthrough host is relayed blind from the start:
+        the ClientHello's first bytes already reach the origin.
+        """
         proxy = self.proxy(passthrough=("example.test",))
         channel, client, peer, peerT = self.connected(proxy)
         hello = clientHello("example.test")
         channel.dataReceived(hello[:10])
+        self.assertEqual(peerT.value(), hello[:10])
+        channel.dataReceived(hello[10:])
+        self.assertEqual(peerT.value(), hello)
+
+    def test_passthroughSNITunnelsTheHello(self):
+        """
+        A passthrough SNI (the CONNECT was to an address) is seen only in
+        the ClientHello, which then goes to the origin untouched.
+        """
+        proxy = self.proxy(passthrough=("*.pinned.test",))
+        channel, client, peer, peerT = self.connected(proxy)
+        hello = clientHello("app.pinned.test")
+        channel.dataReceived(hello[:10])
         self.assertEqual(peerT.value(), b"")
         channel.dataReceived(hello[10:])
         self.assertEqual(peerT.value(), hello)
+        self.assertEqual(proxy.factory.leaves.generated, 0)
 
     def test_tlsIsIntercepted(self):
         """

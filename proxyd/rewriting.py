@@ -1,0 +1,464 @@
+# -*- test-case-name: tests.unit.test_rewriting -*-
+"""
+An L{HttpExchange} that runs the plugins: the one seam forward, mitm and
+reverse channels all use when a --plugin rewrites HTTP.
+
+Heads are shown to the request and response hooks while the other side
+waits (the client's body stays queued in its reader, the upstream's
+reader is paused).  Bodies stream by default; they are held whole only
+for plugins that asked (READ_BODY), and only up to --max-body-buffer.
+Whatever body is finally sent, proxyd frames it itself: Content-Length for
+a whole body, the original length for length-keeping filters, chunked
+otherwise.
+"""
+
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+
+from proxyd import h1
+from proxyd.exchange import HttpExchange, splitAuthority
+from proxyd.errors import statusPhrase
+from proxyd.headers import FRAMING, HOP_BY_HOP, addVia, endToEnd
+from proxyd.message import Flow, Request, Response
+from proxyd.pipeline import PluginError
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_DROP = HOP_BY_HOP | FRAMING | frozenset([b"host"])
+
+
+def _pairs(headers, keepUpgrade=False):
+    """Headers a plugin left, as wire pairs without hop-by-hop or framing ones."""
+    out = []
+    for name, values in headers.getAllRawHeaders():
+        lname = name.lower()
+        if lname in _DROP and not (keepUpgrade and lname == b"upgrade"):
+            continue
+        for value in values:
+            out.append((name, value))
+    return out
+
+
+def _toHeaders(pairs):
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+def _authority(host, port, defaultPort):
+    name = host.encode("idna") if not isinstance(host, bytes) else host
+    if b":" in name:
+        name = b"[" + name + b"]"
+    if port != defaultPort:
+        name += b":%d" % (port,)
+    return name
+
+
+def _bodyless(method, status):
+    return method == b"HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+class PluginExchange(HttpExchange):
+    """
+    One exchange through the plugin pipeline (C{channel.factory.pipeline}).
+    """
+
+    _log = Logger()
+
+    def __init__(self, channel, head, host, port, path, hostHeader, tlsName=None):
+        HttpExchange.__init__(self, channel, head, host, port, path, hostHeader, tlsName)
+        self.pipeline = channel.factory.pipeline
+        self.flow = None
+        self.waiting = None  # the pipeline Deferred in flight
+        self.requestPlan = None
+        self.requestFilters = None
+        self.requestBuffer = None
+        self.pendingBody = None  # buffered chunks to send after the head
+        self.wholeBody = None
+        self.responsePlan = None
+        self.responseFilters = None
+        self.responseBuffer = None
+        self.bufferSize = 0
+        self.promisedLength = None  # Content-Length sent for a filtered body
+        self.sentLength = 0
+
+    # Request head
+
+    def start(self):
+        head = self.head
+        if self.tlsName is not None or self.channel.origin is not None:
+            scheme, default = (b"https", 443) if self.tlsName is not None else (b"http", 80)
+            url = scheme + b"://" + _authority(self.tlsName or self.host, self.port, default) + self.path
+        else:
+            url = b"http://" + self.hostHeader + self.path
+        upgrade = head.method == b"GET" and any(n.lower() == b"upgrade" for n, _ in head.headers)
+        pairs = [(n, v) for (n, v) in endToEnd(head.headers, keepUpgrade=upgrade, keepFraming=False)
+                 if n.lower() not in (b"host", b"connection")]
+        pairs.insert(0, (b"Host", self.hostHeader))
+        self.originalURL = url
+        self.flow = Flow(
+            Request(head.method, url, _toHeaders(pairs), None, head.version),
+            mode=self.channel.config.mode,
+            client=self.channel.client,
+            started=self.clock.seconds(),
+        )
+        self._wait(self.pipeline.runRequestHead(self.flow), self._requestPlanned)
+
+    def _wait(self, d, then, *args):
+        self.waiting = d
+        d.addCallbacks(self._resumed, self._pluginFailed, (then,) + args)
+
+    def _resumed(self, result, then, *args):
+        self.waiting = None
+        if self.done:
+            return
+        try:
+            then(result, *args)
+        except PluginError as e:
+            self._pluginError(e)
+
+    def _pluginFailed(self, failure):
+        self.waiting = None
+        if self.done:
+            return None
+        if failure.check(PluginError):
+            self._pluginError(failure.value)
+            return None
+        self._log.failure("Rewriting {url} failed", failure, url=self._url())
+        self.fail(502, "rewriting failed (see the proxyd log)")
+        return None
+
+    def _pluginError(self, error):
+        self.fail(error.status, error.reason)
+
+    def _url(self):
+        return self.flow.request.url.decode("latin-1") if self.flow is not None else "-"
+
+    def _requestPlanned(self, plan):
+        if plan.response is not None:
+            self._answer()
+            return
+        self.requestPlan = plan
+        if self.head.framing == h1.NO_BODY:
+            if plan.filters:
+                self.pipeline.filterEnd(plan.filters, self.flow)
+            self._route()
+        elif plan.readers:
+            self.requestBuffer = []
+            self.flow.request.headers.removeHeader(b"expect")
+            if self.head.expectContinue:
+                self.channel.transport.write(CONTINUE)
+            self.channel.releaseRequest()
+        else:
+            self.requestFilters = plan.filters or None
+            self._route()
+
+    def _route(self):
+        """Send the request where its (maybe rewritten) URL says."""
+        request = self.flow.request
+        if request.url != self.originalURL:
+            try:
+                self._retarget(request)
+            except ValueError as e:
+                self._log.info("{url}: {why}", url=self._url(), why=str(e))
+                self.fail(502, str(e))
+                return
+        else:
+            self.hostHeader = request.header(b"host", self.hostHeader)
+        self.method = request.method
+        HttpExchange.start(self)
+
+    def _retarget(self, request):
+        url = request.url
+        scheme, sep, rest = url.partition(b"://")
+        scheme = scheme.lower()
+        if not sep or scheme not in (b"http", b"https"):
+            raise ValueError("a plugin set an unusable URL {!r}".format(url.decode("latin-1")))
+        end = len(rest)
+        for stop in (b"/", b"?", b"#"):
+            i = rest.find(stop)
+            if 0 <= i < end:
+                end = i
+        authority, path = rest[:end], rest[end:].split(b"#", 1)[0]
+        default = 443 if scheme == b"https" else 80
+        try:
+            host, port = splitAuthority(authority, default)
+        except Exception:
+            raise ValueError("a plugin set an unusable URL {!r}".format(url.decode("latin-1")))
+        if not path.startswith(b"/"):
+            path = b"/" + path
+        oldHost = self.hostHeader
+        newAuthority = _authority(host, port, default)
+        hostHeader = request.header(b"host", oldHost)
+        if hostHeader == oldHost:
+            hostHeader = newAuthority
+            request.headers.setRawHeaders(b"Host", [hostHeader])
+        if scheme == b"https":
+            sameName = self.tlsName is not None and host == self.host
+            self.tlsName = self.tlsName if sameName else host
+            self.key = ("https", host, port, self.tlsName)
+        else:
+            self.tlsName = None
+            self.key = (host, port)
+        self.host, self.port, self.path, self.hostHeader = host, port, path, hostHeader
+
+    # Request body
+
+    def requestBody(self, data):
+        if self.requestBuffer is not None:
+            self.requestBuffer.append(data)
+            self.bufferSize += len(data)
+            if self.bufferSize > self.pipeline.maxBodyBuffer:
+                self._requestOverflow()
+            return
+        if self.requestFilters is not None:
+            try:
+                data = self.pipeline.filterChunk(self.requestFilters, data, self.flow)
+            except PluginError as e:
+                self._pluginError(e)
+                return
+            if not data:
+                return
+        HttpExchange.requestBody(self, data)
+
+    def _requestOverflow(self):
+        plan = self.requestPlan
+        self._overflowWarning(plan, "request")
+        self.pendingBody, self.requestBuffer = self.requestBuffer, None
+        self.requestFilters = plan.filters or None
+        self.channel.holdRequest()  # the rest waits for the upstream
+        self._route()
+
+    def _overflowWarning(self, plan, what):
+        self._log.warn(
+            "The {what} body of {url} is larger than --max-body-buffer ({limit} bytes): "
+            "passed through untouched, without the body hook of {plugins}",
+            what=what,
+            url=self._url(),
+            limit=self.pipeline.maxBodyBuffer,
+            plugins=", ".join(stage.label for stage in plan.readers),
+        )
+
+    def requestEnd(self):
+        if self.requestBuffer is not None:
+            self.requestDone = True
+            body = b"".join(self.requestBuffer)
+            self.requestBuffer = None
+            self._wait(self.pipeline.runRequestBody(self.flow, body, self.requestPlan), self._requestBodyDone)
+            return
+        if self.requestFilters is not None and not self.done and self.upstream is not None:
+            try:
+                tail = self.pipeline.filterEnd(self.requestFilters, self.flow)
+            except PluginError as e:
+                self._pluginError(e)
+                return
+            if tail:
+                HttpExchange.requestBody(self, tail)
+        HttpExchange.requestEnd(self)
+
+    def _requestBodyDone(self, plan):
+        if plan.response is not None:
+            self._answer()
+            return
+        self.wholeBody = self.flow.request.body or b""
+        self._route()
+
+    # Upstream request
+
+    def _requestHeadBytes(self):
+        request = self.flow.request
+        head = self.head
+        self.upgrading = request.method == b"GET" and request.headers.hasHeader(b"upgrade")
+        headers = _pairs(request.headers, keepUpgrade=self.upgrading)
+        headers.insert(0, (b"Host", self.hostHeader))
+        if self.upgrading:
+            headers.append((b"Connection", b"upgrade"))
+        if self.wholeBody is not None:
+            headers.append((b"Content-Length", b"%d" % (len(self.wholeBody),)))
+        elif head.framing != h1.NO_BODY:
+            filters = self.requestFilters or ()
+            if head.framing == h1.LENGTH and all(f.keepsLength for _, f in filters):
+                headers.append((b"Content-Length", b"%d" % (head.length,)))
+            else:
+                headers.append((b"Transfer-Encoding", b"chunked"))
+                self.upstreamChunked = True
+        addVia(headers, head.version)
+        return h1.serializeHead(request.method + b" " + self.path + b" HTTP/1.1", headers)
+
+    def _sendBodyStart(self, conn):
+        if self.wholeBody is not None:
+            if self.wholeBody:
+                conn.transport.write(self.wholeBody)
+                self.requestBodySent += len(self.wholeBody)
+                self.bytesIn += len(self.wholeBody)
+            return
+        pending, self.pendingBody = self.pendingBody, None
+        HttpExchange._sendBodyStart(self, conn)
+        for data in pending or ():
+            self.requestBody(data)
+
+    # Response
+
+    def _responseHead(self, head):
+        if head.status == 101 or not self.pipeline.responseStages:
+            HttpExchange._responseHead(self, head)
+            return
+        self.responseHead = head
+        self.status = head.status
+        pairs = endToEnd(head.headers, keepFraming=False)
+        self.flow.response = Response(head.status, head.reason or statusPhrase(head.status), _toHeaders(pairs))
+        conn = self.upstream
+        conn.reader.pause()
+        conn.transport.pauseProducing()
+        self._wait(self.pipeline.runResponseHead(self.flow), self._responsePlanned)
+
+    def _responsePlanned(self, plan):
+        conn = self.upstream
+        if plan.response is not None:
+            # A plugin answered instead: the upstream's body is not wanted.
+            conn.detach()
+            conn.transport.abortConnection()
+            self.upstream = None
+            if plan.steps:
+                self._wait(
+                    self.pipeline.runResponseBody(self.flow, self.flow.response.body, plan),
+                    lambda _: self._sendWhole(),
+                )
+            else:
+                self._sendWhole()
+            return
+        self.responsePlan = plan
+        head = self.responseHead
+        if head.framing == h1.NO_BODY:
+            if plan.filters:
+                self.pipeline.filterEnd(plan.filters, self.flow)
+            self._streamHead(None)
+        elif plan.readers:
+            self.responseBuffer = []
+            self.bufferSize = 0
+        else:
+            self._streamHead(plan.filters or None)
+        conn.reader.resume()
+        if self.upstream is conn:
+            conn.transport.resumeProducing()
+
+    def _streamHead(self, filters):
+        """Send the (rewritten) head of a body that streams from upstream."""
+        head = self.responseHead
+        response = self.flow.response
+        self.responseStarted = True
+        self.responseFilters = filters
+        self.status = response.status
+        headers = _pairs(response.headers)
+        framing = head.framing
+        if framing == h1.NO_BODY:
+            # HEAD and 304 responses keep the upstream's framing headers.
+            headers.extend((n, v) for (n, v) in head.headers if n.lower() in FRAMING)
+        elif framing == h1.LENGTH and all(f.keepsLength for _, f in filters or ()):
+            headers.append((b"Content-Length", b"%d" % (head.length,)))
+            if filters:
+                self.promisedLength = head.length
+        elif framing == h1.LENGTH:
+            framing = h1.CHUNKED
+        self._sendHead(response.status, response.reason, headers, framing, head.version, framing != h1.NO_BODY)
+
+    def upstreamEvent(self, kind, value):
+        if kind == h1.BODY and self.responseHead is not None and self.responseHead.status != 101:
+            self._responseBody(value)
+        elif kind == h1.END and (self.responseBuffer is not None or self.responseFilters is not None):
+            self._filteredEnd()
+        else:
+            HttpExchange.upstreamEvent(self, kind, value)
+
+    def _responseBody(self, data):
+        if self.responseBuffer is not None:
+            self.responseBuffer.append(data)
+            self.bufferSize += len(data)
+            if self.bufferSize > self.pipeline.maxBodyBuffer:
+                self._overflowWarning(self.responsePlan, "response")
+                pending, self.responseBuffer = self.responseBuffer, None
+                self._streamHead(self.responsePlan.filters or None)
+                for chunk in pending:
+                    self._responseBody(chunk)
+            return
+        if self.responseFilters is not None:
+            try:
+                data = self.pipeline.filterChunk(self.responseFilters, data, self.flow)
+            except PluginError as e:
+                self._pluginError(e)
+                return
+            if not data:
+                return
+            self.sentLength += len(data)
+        HttpExchange.upstreamEvent(self, h1.BODY, data)
+
+    def _filteredEnd(self):
+        if self.responseBuffer is not None:
+            body = b"".join(self.responseBuffer)
+            self.responseBuffer = None
+            self._releaseUpstream()
+            self._wait(
+                self.pipeline.runResponseBody(self.flow, body, self.responsePlan),
+                lambda _: self._sendWhole(),
+            )
+            return
+        try:
+            tail = self.pipeline.filterEnd(self.responseFilters, self.flow)
+        except PluginError as e:
+            self._pluginError(e)
+            return
+        if tail:
+            self.sentLength += len(tail)
+            HttpExchange.upstreamEvent(self, h1.BODY, tail)
+        if self.promisedLength is not None and self.sentLength != self.promisedLength:
+            self._log.error(
+                "A filter that keeps the length changed the body of {url} ({sent} bytes, not {promised}); "
+                "aborting the client connection",
+                url=self._url(),
+                sent=self.sentLength,
+                promised=self.promisedLength,
+            )
+            self._upstreamGone()
+            self._abortClient()
+            return
+        HttpExchange.upstreamEvent(self, h1.END, None)
+
+    def _upstreamGone(self):
+        conn = self.upstream
+        if conn is not None:
+            conn.detach()
+            conn.transport.abortConnection()
+            self.upstream = None
+
+    # Whole responses (made by a plugin, or read whole for one)
+
+    def _answer(self):
+        """A request hook answered: the response hooks, then the client."""
+        self._wait(self.pipeline.runMadeResponse(self.flow), lambda _: self._sendWhole())
+
+    def _sendWhole(self):
+        response = self.flow.response
+        body = response.body or b""
+        self.responseStarted = True
+        self.status = response.status
+        headers = _pairs(response.headers)
+        method = self.flow.request.method
+        if not (response.status in (204, 304) or 100 <= response.status < 200):
+            headers.append((b"Content-Length", b"%d" % (len(body),)))
+        if _bodyless(method, response.status):
+            body = b""
+        if self.upstream is not None:
+            self._upstreamGone()
+        self._sendHead(response.status, response.reason, headers, h1.LENGTH, b"1.1", False)
+        if body:
+            self.channel.transport.write(body)
+            self.bytesOut += len(body)
+        self._finish()
+
+    # Ending
+
+    def clientLost(self):
+        waiting, self.waiting = self.waiting, None
+        HttpExchange.clientLost(self)
+        if waiting is not None:
+            waiting.cancel()
