@@ -459,9 +459,10 @@ def _pairs(query):
     """C{a=1&b=%20} (bytes or str) to HAR name/value pairs, percent-decoded."""
     if isinstance(query, str):
         query = query.encode("latin-1")
+    text = query.decode("utf-8", "replace")
     return [
-        {"name": name.decode("utf-8", "replace"), "value": value.decode("utf-8", "replace")}
-        for name, value in parse_qsl(query, keep_blank_values=True)
+        {"name": name, "value": value}
+        for name, value in parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="replace")
     ]
 
 

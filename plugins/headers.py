@@ -12,6 +12,10 @@ then add.
 
     --plugin 'headers:host=*.example.com,set-request=X-Debug:1,remove-response=Set-Cookie'
 
+A value whose comma is followed by C{word=} must write it C{\\,}
+(C{set-response=Cache-Control:no-cache\\, max-age=0}), or C{--plugin}
+reads C{max-age} as a setting.
+
 Framing and hop-by-hop headers are proxyd's own and are refused.
 """
 

@@ -73,7 +73,9 @@ def _prefix(settings, key):
         raise PluginSettingsError("{}: expected an http:// or https:// URL prefix, got {!r}".format(key, value))
     scheme, authority, rest = parts
     if "@" in authority:
-        raise PluginSettingsError("{}: {!r} has user information; give only scheme, host, port and path".format(key, value))
+        raise PluginSettingsError(
+            "{}: {!r} has user information; give only scheme, host, port and path".format(key, value)
+        )
     host, port = authority, ""
     if authority.startswith("["):
         close = authority.find("]")

@@ -327,7 +327,14 @@ class Pipeline:
         if hookName is None:
             hookName = call.hookName
         pending = []
-        done = Deferred(canceller=lambda d: pending and pending[0].cancel())
+        cancelled = []
+
+        def cancel(d):
+            cancelled.append(True)
+            if pending:
+                pending[0].cancel()
+
+        done = Deferred(canceller=cancel)
 
         def step(index):
             while index < len(items):
@@ -366,7 +373,7 @@ class Pipeline:
 
         def failed(failure, item):
             del pending[:]
-            if done.called:
+            if done.called or cancelled:
                 return None
             plugin = label(item)
             if failure is not None and failure.check(PluginError):

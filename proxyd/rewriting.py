@@ -438,6 +438,8 @@ class PluginExchange(HttpExchange):
 
     def _sendWhole(self):
         response = self.flow.response
+        if self.head.framing == h1.NO_BODY:
+            self.requestDone = True  # its END is queued behind the head
         body = response.body or b""
         self.responseStarted = True
         self.status = response.status
