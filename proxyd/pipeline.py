@@ -154,8 +154,8 @@ class Pipeline:
     def runResponseHead(self, flow):
         """
         Every responseHead in order on C{flow.response}.  A Response answer
-        replaces C{flow.response} (and drops what earlier stages asked of
-        the old body); later stages see the replacement.
+        replaces C{flow.response}; later stages see the replacement, and
+        what every stage asked of the body applies to the body finally sent.
 
         @return: Deferred[L{Plan}]: C{response} is the replacement, whose
             body is whole, if there was one.
@@ -173,7 +173,6 @@ class Pipeline:
                 _complete(value)
                 flow.response = value
                 replaced.append(value)
-                del steps[:]
                 return False
             raise _bad(stage, "responseHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 

@@ -101,6 +101,8 @@ def hostGlobs(settings, key):
     patterns = []
     for pattern in _split(settings.get(key, "")):
         pattern = pattern.lower().rstrip(".")
+        if "," in pattern:
+            raise PluginSettingsError("{}: separate host globs with |, not a comma ({!r})".format(key, pattern))
         if any(c in pattern for c in "/ :@"):
             raise PluginSettingsError("{}: {!r} is not a host glob like *.example.com".format(key, pattern))
         patterns.append(pattern)

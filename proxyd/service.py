@@ -158,6 +158,13 @@ class ProxyService(MultiService):
         self.factory = factory
         self.accessLog = accessLog
         self.listeners = []
+        # Plugins with a life of their own (har's file) start before the
+        # listeners and stop after them (MultiService stops in reverse).
+        from twisted.application.service import IService
+
+        for plugin in config.plugins:
+            if IService.providedBy(plugin.rewriter):
+                plugin.rewriter.setServiceParent(self)
         for description in config.listen:
             listener = ListenerService(
                 description, endpointFactory(reactor, description), factory, reactor
