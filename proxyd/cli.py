@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxyd import __version__
 from proxyd.ca import CA_CERT, CAError, CertificateAuthority, defaultDirectory, loadCertificate
+from proxyd.pluginload import PluginLoadError
 
 TRUST_HELP = """\
 trusting the CA (CA=$(proxyd ca path)):
@@ -133,7 +134,29 @@ def addCaCommand(commands):
             action.add_argument("--out", metavar="FILE", help="write here instead of stdout")
 
 
-COMMANDS = (addCaCommand,)
+def _plugins(args, stdout):
+    from proxyd.pluginload import listing
+
+    stdout.write(listing(args.plugin_path))
+    return 0
+
+
+def addPluginsCommand(commands):
+    """C{proxyd plugins [--plugin-path DIR ...]}: what --plugin can name."""
+    plugins = commands.add_parser(
+        "plugins",
+        help="list the rewriting plugins --plugin can name",
+        description="The plugins found: bundled, installed, and in each --plugin-path "
+        "directory (the same as 'twistd proxyd --list-plugins').",
+    )
+    plugins.add_argument(
+        "--plugin-path", metavar="DIR", action="append", default=[],
+        help="another directory searched for plugins; repeatable",
+    )
+    plugins.set_defaults(run=_plugins)
+
+
+COMMANDS = (addCaCommand, addPluginsCommand)
 
 
 def makeParser():
@@ -165,6 +188,8 @@ def main(argv=None, stdout=None, stderr=None):
     except UsageError as e:
         message = str(e)
     except CAError as e:
+        message = f"proxyd: {e}"
+    except PluginLoadError as e:
         message = f"proxyd: {e}"
     except BrokenPipeError:  # proxyd ca export | head: no noise at exit either
         if stdout is sys.__stdout__:

@@ -80,7 +80,9 @@ def _preImport(package):
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             broken.append("{}: {}".format(module.filePath.path, _oneLine(e)))
-            sys.modules[module.name] = types.ModuleType(module.name)
+            stub = types.ModuleType(module.name)
+            sys.modules[module.name] = stub
+            setattr(package, module.name.rpartition(".")[2], stub)
     return broken
 
 

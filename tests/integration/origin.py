@@ -15,6 +15,7 @@ or ::1 only.  proxyd itself never imports this module.
 """
 
 import datetime
+import gzip
 import hashlib
 import http.server
 import ipaddress
@@ -233,6 +234,10 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         if not head:
             for c in patternChunks(n):
                 self.wfile.write(c)
+
+    def route_gzip_hello(self, path, query, head):
+        self._readBody(lambda d: None)
+        self._send(200, gzip.compress(HELLO), "text/plain; charset=utf-8", headers=[("Content-Encoding", "gzip")], head=head)
 
     def route_chunked(self, path, query, head):
         self._readBody(lambda d: None)
