@@ -36,7 +36,10 @@ RESULTS = BENCH / "results"
 LUA = BENCH / "wrk-proxy.lua"
 LOOPBACK = "127.0.0.1"
 
-ALL_PROXIES = ["baseline", "proxyd", "tinyproxy", "squid", "mitmdump", "proxypy"]
+ALL_PROXIES = ["baseline", "proxyd", "proxyd-headers", "tinyproxy", "squid", "mitmdump", "proxypy"]
+# proxyd with the bundled headers plugin on (one request and one response
+# header set): what a head-only plugin costs.  Target: >= 0.8 of plain proxyd.
+HEADERS_PLUGIN = "headers:set-request=X-Bench:1,set-response=X-Proxied:1"
 ALL_MEASURES = ["parsers", "rps", "connect", "rss"]
 DEBIAN_PACKAGES = {  # binary -> Debian package (bookworm names, checked with apt-cache policy)
     "nginx": "nginx",
@@ -273,6 +276,15 @@ class Proxyd(Proxy):
         return a
 
 
+class ProxydHeaders(Proxyd):
+    name, label = "proxyd-headers", "proxyd+headers"
+
+    def argv(self):
+        a = Proxyd.argv(self) + ["--plugin", HEADERS_PLUGIN]
+        self.flags = " ".join(str(x) for x in a[1:])
+        return a
+
+
 class Tinyproxy(Proxy):
     name, label = "tinyproxy", "tinyproxy"
 
@@ -386,7 +398,7 @@ class ProxyPy(Proxy):
         return a
 
 
-PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, Tinyproxy, Squid, Mitmdump, ProxyPy)}
+PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydHeaders, Tinyproxy, Squid, Mitmdump, ProxyPy)}
 
 
 # -------------------------------------------------------------- measuring
@@ -768,14 +780,20 @@ def render(results):
             rows2.append(row)
         lines += _table(hdr2, rows2)
     pd = P.get("proxyd")
-    if pd and [n for n in names if n not in ("baseline", "proxyd")]:
+    ph = P.get("proxyd-headers")
+    if pd and ph:
+        lines.append("")
+        cells = ["req/s c={}: {}".format(c, _ratio(_get(ph, "rps", f"c{c}", "median"), _get(pd, "rps", f"c{c}", "median")))
+                 for c in concs]
+        lines.append("plugin cost (proxyd+headers / proxyd; target >= 0.8): " + ", ".join(cells))
+    if pd and [n for n in names if n not in ("baseline", "proxyd", "proxyd-headers")]:
         lines.append("")
         lines.append("proxyd relative to each peer (proxyd / peer; RSS: proxyd minus peer):")
         hdr3 = (["peer"] + [f"req/s c={c}" for c in concs] + [f"CPU/req c={max(concs)} (peer/proxyd)"]
                 + ["CONNECT MB/s", "idle RSS", "dRSS slow plain"])
         rows3 = []
         for n in names:
-            if n in ("baseline", "proxyd"):
+            if n in ("baseline", "proxyd", "proxyd-headers"):
                 continue
             row = [P[n]["label"]]
             for c in concs:
@@ -977,11 +995,11 @@ def main(argv=None):
         if not a.no_install or name in ("baseline", "tinyproxy", "squid"):
             px.install()
         else:
-            px.venv = WORK / {"proxyd": "venv-proxyd", "mitmdump": "venv-mitmproxy",
-                              "proxypy": "venv-proxypy"}[name]
+            px.venv = WORK / {"proxyd": "venv-proxyd", "proxyd-headers": "venv-proxyd",
+                              "mitmdump": "venv-mitmproxy", "proxypy": "venv-proxypy"}[name]
             if not (px.venv / "bin" / "python").exists():
                 raise SystemExit(f"bench: {px.venv} missing and --no-install given")
-            px.version = pip_version(px.venv, {"proxyd": "proxyd", "mitmdump": "mitmproxy",
+            px.version = pip_version(px.venv, {"proxyd": "proxyd", "proxyd-headers": "proxyd", "mitmdump": "mitmproxy",
                                                "proxypy": "proxy.py"}[name])
             if name == "proxyd":
                 # what the last install put there, not what the tree holds now

@@ -81,6 +81,7 @@ class PluginExchange(HttpExchange):
         self.bufferSize = 0
         self.promisedLength = None  # Content-Length sent for a filtered body
         self.sentLength = 0
+        self.lostWhileHeld = None  # (reason, conn): the upstream closed during response hooks
 
     # Request head
 
@@ -328,6 +329,7 @@ class PluginExchange(HttpExchange):
                 self._sendWhole()
             return
         self.responsePlan = plan
+        lost, self.lostWhileHeld = self.lostWhileHeld, None
         head = self.responseHead
         if head.framing == h1.NO_BODY:
             if plan.filters:
@@ -340,7 +342,19 @@ class PluginExchange(HttpExchange):
             self._streamHead(plan.filters or None)
         conn.reader.resume()
         if self.upstream is conn:
-            conn.transport.resumeProducing()
+            if lost is not None:
+                # What the origin sent before closing is all there is.
+                HttpExchange.upstreamLost(self, *lost)
+            else:
+                conn.transport.resumeProducing()
+
+    def upstreamLost(self, reason, conn):
+        if self.waiting is not None and conn is self.upstream and self.responseHead is not None and not self.responseStarted:
+            # Response hooks are running and the rest of the response is
+            # queued in the paused reader: judge the close after it.
+            self.lostWhileHeld = (reason, conn)
+            return
+        HttpExchange.upstreamLost(self, reason, conn)
 
     def _streamHead(self, filters):
         """Send the (rewritten) head of a body that streams from upstream."""

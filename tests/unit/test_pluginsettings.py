@@ -171,6 +171,11 @@ class GlobTests(SynchronousTestCase):
             self.assertTrue(str(e).startswith("hosts: "), str(e))
             self.assertIn("is not a host glob", str(e))
 
+    def test_hostGlobsRefuseCommas(self):
+        """Globs separated by commas instead of | are refused, naming the key."""
+        e = self.assertRaises(PluginSettingsError, hostGlobs, {"hosts": "a.test,b.test"}, "hosts")
+        self.assertTrue(str(e).startswith("hosts: separate host globs with |"), str(e))
+
     def test_urlGlobs(self):
         """URL globs are split on | and kept as written."""
         self.assertEqual(

@@ -324,3 +324,50 @@ class ConnectPolicyTests(SynchronousTestCase):
         channel, client = proxy.client()
         channel.dataReceived(b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(proxy.pendingConnects(), [("127.0.0.1", 443)])
+
+
+class SlowResponse(ResponseRewriter):
+    def __init__(self):
+        self.pending = []
+
+    def responseHead(self, flow):
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class HeldResponseTests(SynchronousTestCase):
+    def test_originClosesWhileResponseHookRuns(self):
+        """
+        An origin that sends a whole response and closes while a response
+        hook is still running: the client gets the whole response, not a 502.
+        """
+        from proxyd.testing import lose
+
+        slow = SlowResponse()
+        proxy = FakeProxy(rewriters=[slow])
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        upstream, upT = proxy.acceptUpstream()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        lose(upstream)
+        self.assertEqual(client.value(), b"")
+        slow.pending[0].callback(None)
+        out = client.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertTrue(out.endswith(b"\r\n\r\nhello"))
+
+    def test_truncatedWhileResponseHookRuns(self):
+        """A response cut short while a hook runs still aborts the client after the head."""
+        from proxyd.testing import lose
+
+        slow = SlowResponse()
+        proxy = FakeProxy(rewriters=[slow])
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        upstream, upT = proxy.acceptUpstream()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello")
+        lose(upstream)
+        slow.pending[0].callback(None)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(client.disconnecting)
