@@ -11,7 +11,7 @@ serves forward, mitm and reverse exchanges and the test helpers in
 L{proxyd.testing}.
 """
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -127,7 +127,7 @@ class Pipeline:
 
     # Heads
 
-    def runRequestHead(self, flow):
+    def requestHead(self, flow):
         """
         Every requestHead in order, until one answers with a Response
         (which is also put in C{flow.response}).
@@ -148,10 +148,10 @@ class Pipeline:
                 return False
             raise _bad(stage, "requestHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        d = self._run(self.requestStages, _hook("requestHead", flow), answer, flow)
-        return d.addCallback(lambda _: Plan(flow.response, steps))
+        ran = self._run(self.requestStages, _hook("requestHead", flow), answer, flow)
+        return _then(ran, lambda _: Plan(flow.response, steps))
 
-    def runResponseHead(self, flow):
+    def responseHead(self, flow):
         """
         Every responseHead in order on C{flow.response}.  A Response answer
         replaces C{flow.response}; later stages see the replacement, and
@@ -176,12 +176,12 @@ class Pipeline:
                 return False
             raise _bad(stage, "responseHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        d = self._run(self.responseStages, _hook("responseHead", flow), answer, flow)
-        return d.addCallback(lambda _: Plan(replaced[-1] if replaced else None, steps))
+        ran = self._run(self.responseStages, _hook("responseHead", flow), answer, flow)
+        return _then(ran, lambda _: Plan(replaced[-1] if replaced else None, steps))
 
     # Whole bodies
 
-    def runRequestBody(self, flow, body, plan):
+    def requestBody(self, flow, body, plan):
         """
         The whole request body through C{plan.steps} in order: filters over
         the whole body, requestBody for the readers.  The result is in
@@ -190,11 +190,10 @@ class Pipeline:
         @return: Deferred[L{Plan}] with C{response} set on a short-circuit.
         """
         flow.request.body = body
-        return self._runBody(flow, flow.request, plan.steps, "requestBody", True).addCallback(
-            lambda _: Plan(flow.response)
-        )
+        ran = self._runBody(flow, flow.request, plan.steps, "requestBody", True)
+        return _then(ran, lambda _: Plan(flow.response))
 
-    def runResponseBody(self, flow, body, plan):
+    def responseBody(self, flow, body, plan):
         """
         As L{runRequestBody} for C{flow.response}; a Response answer
         replaces it (later steps see the new one).
@@ -227,7 +226,7 @@ class Pipeline:
 
         return self._run(steps, call, answer, flow, label=lambda step: step[0].label, hookName=hook)
 
-    def runMadeResponse(self, flow):
+    def madeResponse(self, flow):
         """
         The response hooks for a response that is already whole (made by a
         request hook): heads, then the body steps.
@@ -238,9 +237,33 @@ class Pipeline:
         def heads(plan):
             if not plan.steps:
                 return None
-            return self.runResponseBody(flow, flow.response.body, plan)
+            return self.responseBody(flow, flow.response.body, plan)
 
-        return self.runResponseHead(flow).addCallback(heads)
+        return _then(self.responseHead(flow), heads)
+
+    # The same, always as Deferreds (for callers that want one, like
+    # proxyd.testing.PluginTester); the methods above return their result
+    # directly when every hook answered at once, and raise PluginError.
+
+    def runRequestHead(self, flow):
+        """L{requestHead} as a Deferred."""
+        return maybeDeferred(self.requestHead, flow)
+
+    def runRequestBody(self, flow, body, plan):
+        """L{requestBody} as a Deferred."""
+        return maybeDeferred(self.requestBody, flow, body, plan)
+
+    def runResponseHead(self, flow):
+        """L{responseHead} as a Deferred."""
+        return maybeDeferred(self.responseHead, flow)
+
+    def runResponseBody(self, flow, body, plan):
+        """L{responseBody} as a Deferred."""
+        return maybeDeferred(self.responseBody, flow, body, plan)
+
+    def runMadeResponse(self, flow):
+        """L{madeResponse} as a Deferred."""
+        return maybeDeferred(self.madeResponse, flow)
 
     # Streaming filters
 
@@ -252,6 +275,8 @@ class Pipeline:
             something other than bytes.
         """
         for stage, bodyFilter in filters:
+            if not data:
+                break  # held back: later filters see it when it comes
             data = self._filterCall(stage, bodyFilter.filterChunk, "filterChunk", (data,), subject)
         return data
 
@@ -307,24 +332,64 @@ class Pipeline:
 
         if not self.connectStages:
             return succeed(None)
-        d = self._run(self.connectStages, _hook("connectDecision", target), answer, target)
-        return d.addCallback(lambda _: decision[0] if decision else None)
+        return maybeDeferred(
+            lambda: _then(
+                self._run(self.connectStages, _hook("connectDecision", target), answer, target),
+                lambda _: decision[0] if decision else None,
+            )
+        )
 
     # The loop
 
     def _run(self, items, call, answer, subject, label=None, hookName=None):
         """
         C{call(item)} for each item in order; C{answer(item, value)} returns
-        True to stop.  Synchronous hooks run in a plain loop: a Deferred is
-        only waited for when a hook returns one that has not fired.
+        True to stop.  Synchronous hooks run in a plain loop, with no
+        Deferred at all (most requests); from the first hook that returns a
+        Deferred on, the rest runs in L{_runAsync}.
 
         @param call: returns the hook's answer; made by L{_hook} for stages.
-        @return: a Deferred firing with None, or failing with L{PluginError}.
+        @return: None when every hook answered at once, else a Deferred
+            firing with None or failing with L{PluginError}.
+        @raise PluginError: a hook failed synchronously (logged here).
         """
         if label is None:
             label = _stageLabel
         if hookName is None:
             hookName = call.hookName
+        index = 0
+        count = len(items)
+        while index < count:
+            item = items[index]
+            try:
+                value = call(item)
+            except PluginError:
+                raise
+            except Exception:
+                raise self._hookFailed(Failure(), label(item), hookName, subject)
+            if isinstance(value, Deferred):
+                return self._runAsync(items, call, answer, subject, label, hookName, index, value)
+            if answer(item, value):
+                return None
+            index += 1
+        return None
+
+    def _hookFailed(self, failure, plugin, hookName, subject):
+        """Log a hook's failure once; the L{PluginError} to answer with."""
+        self._log.failure(
+            "Plugin {plugin} failed in {hook} for {subject}",
+            failure,
+            plugin=plugin,
+            hook=hookName,
+            subject=_describe(subject),
+        )
+        return PluginError(
+            502, plugin, hookName,
+            "plugin {} failed in {}: {} (traceback in the proxyd log)".format(plugin, hookName, failure.type.__name__),
+        )
+
+    def _runAsync(self, items, call, answer, subject, label, hookName, start, first):
+        """L{_run} from item C{start} on, whose hook returned C{first}, a Deferred."""
         pending = []
         cancelled = []
 
@@ -359,7 +424,7 @@ class Pipeline:
 
         def resumed(value, item, index):
             del pending[:]
-            if done.called:
+            if done.called or cancelled:
                 return
             try:
                 if answer(item, value):
@@ -395,25 +460,21 @@ class Pipeline:
                 return None
             if failure is None:
                 failure = Failure()
-            self._log.failure(
-                "Plugin {plugin} failed in {hook} for {subject}",
-                failure,
-                plugin=plugin,
-                hook=hookName,
-                subject=_describe(subject),
-            )
-            done.errback(
-                PluginError(
-                    502, plugin, hookName,
-                    "plugin {} failed in {}: {} (traceback in the proxyd log)".format(
-                        plugin, hookName, failure.type.__name__
-                    ),
-                )
-            )
+            done.errback(self._hookFailed(failure, plugin, hookName, subject))
             return None
 
-        step(0)
+        pending[:] = [first]
+        if not first.called:
+            first.addTimeout(self.timeout, self.clock, _timedOut)
+        first.addCallbacks(resumed, failed, (items[start], start), None, (items[start],))
         return done
+
+
+def _then(result, f):
+    """C{f(result)} now, or once the Deferred C{result} fires."""
+    if isinstance(result, Deferred):
+        return result.addCallback(f)
+    return f(result)
 
 
 def _hook(name, *args):

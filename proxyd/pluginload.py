@@ -68,10 +68,18 @@ def _package(paths):
     return package
 
 
+# Modules that failed to import in this process, by name: their stand-ins
+# sit in sys.modules, so later discoveries report them from here.
+_broken = {}
+
+
 def _preImport(package):
     """Import every plugin module; a failure is one line and a stand-in."""
     broken = []
     for module in getModule(package.__name__).iterModules():
+        if module.name in _broken and sys.modules.get(module.name) is _broken[module.name][0]:
+            broken.append(_broken[module.name][1])
+            continue
         if module.name in sys.modules:
             continue
         try:
@@ -81,6 +89,7 @@ def _preImport(package):
                 raise
             broken.append("{}: {}".format(module.filePath.path, _oneLine(e)))
             stub = types.ModuleType(module.name)
+            _broken[module.name] = (stub, broken[-1])
             sys.modules[module.name] = stub
             setattr(package, module.name.rpartition(".")[2], stub)
     return broken

@@ -12,6 +12,7 @@ a whole body, the original length for length-keeping filters, chunked
 otherwise.
 """
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
@@ -82,6 +83,7 @@ class PluginExchange(HttpExchange):
         self.promisedLength = None  # Content-Length sent for a filtered body
         self.sentLength = 0
         self.lostWhileHeld = None  # (reason, conn): the upstream closed during response hooks
+        self.upstreamHeld = False
 
     # Request head
 
@@ -103,18 +105,36 @@ class PluginExchange(HttpExchange):
             client=self.channel.client,
             started=self.clock.seconds(),
         )
-        self._wait(self.pipeline.runRequestHead(self.flow), self._requestPlanned)
+        self._step(self._requestPlanned, self.pipeline.requestHead, self.flow)
 
-    def _wait(self, d, then, *args):
-        self.waiting = d
-        d.addCallbacks(self._resumed, self._pluginFailed, (then,) + args)
+    def _step(self, then, run, *args, onWait=None):
+        """
+        C{run(*args)} (a pipeline round), then C{then(result)}: at once if
+        every hook answered at once, else (after C{onWait()}) when its
+        Deferred fires.
+        """
+        try:
+            result = run(*args)
+        except PluginError as e:
+            self._pluginError(e)
+            return
+        if isinstance(result, Deferred):
+            if onWait is not None:
+                onWait()
+            self.waiting = result
+            result.addCallbacks(self._resumed, self._pluginFailed, (then,))
+            return
+        try:
+            then(result)
+        except PluginError as e:
+            self._pluginError(e)
 
-    def _resumed(self, result, then, *args):
+    def _resumed(self, result, then):
         self.waiting = None
         if self.done:
             return
         try:
-            then(result, *args)
+            then(result)
         except PluginError as e:
             self._pluginError(e)
 
@@ -245,7 +265,7 @@ class PluginExchange(HttpExchange):
             self.requestDone = True
             body = b"".join(self.requestBuffer)
             self.requestBuffer = None
-            self._wait(self.pipeline.runRequestBody(self.flow, body, self.requestPlan), self._requestBodyDone)
+            self._step(self._requestBodyDone, self.pipeline.requestBody, self.flow, body, self.requestPlan)
             return
         if self.requestFilters is not None and not self.done and self.upstream is not None:
             try:
@@ -308,10 +328,14 @@ class PluginExchange(HttpExchange):
         self.status = head.status
         pairs = endToEnd(head.headers, keepFraming=False)
         self.flow.response = Response(head.status, head.reason or statusPhrase(head.status), _toHeaders(pairs))
+        self._step(self._responsePlanned, self.pipeline.responseHead, self.flow, onWait=self._holdUpstream)
+
+    def _holdUpstream(self):
+        """Hooks are waiting on something: the upstream's body waits too."""
         conn = self.upstream
+        self.upstreamHeld = True
         conn.reader.pause()
         conn.transport.pauseProducing()
-        self._wait(self.pipeline.runResponseHead(self.flow), self._responsePlanned)
 
     def _responsePlanned(self, plan):
         conn = self.upstream
@@ -321,10 +345,7 @@ class PluginExchange(HttpExchange):
             conn.transport.abortConnection()
             self.upstream = None
             if plan.steps:
-                self._wait(
-                    self.pipeline.runResponseBody(self.flow, self.flow.response.body, plan),
-                    lambda _: self._sendWhole(),
-                )
+                self._step(self._sendWhole, self.pipeline.responseBody, self.flow, self.flow.response.body, plan)
             else:
                 self._sendWhole()
             return
@@ -340,6 +361,9 @@ class PluginExchange(HttpExchange):
             self.bufferSize = 0
         else:
             self._streamHead(plan.filters or None)
+        if not self.upstreamHeld:
+            return  # the hooks answered at once: the reader goes on by itself
+        self.upstreamHeld = False
         conn.reader.resume()
         if self.upstream is conn:
             if lost is not None:
@@ -411,10 +435,7 @@ class PluginExchange(HttpExchange):
             body = b"".join(self.responseBuffer)
             self.responseBuffer = None
             self._releaseUpstream()
-            self._wait(
-                self.pipeline.runResponseBody(self.flow, body, self.responsePlan),
-                lambda _: self._sendWhole(),
-            )
+            self._step(self._sendWhole, self.pipeline.responseBody, self.flow, body, self.responsePlan)
             return
         try:
             tail = self.pipeline.filterEnd(self.responseFilters, self.flow)
@@ -448,9 +469,9 @@ class PluginExchange(HttpExchange):
 
     def _answer(self):
         """A request hook answered: the response hooks, then the client."""
-        self._wait(self.pipeline.runMadeResponse(self.flow), lambda _: self._sendWhole())
+        self._step(self._sendWhole, self.pipeline.madeResponse, self.flow)
 
-    def _sendWhole(self):
+    def _sendWhole(self, ignored=None):
         response = self.flow.response
         if self.head.framing == h1.NO_BODY:
             self.requestDone = True  # its END is queued behind the head

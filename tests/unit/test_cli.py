@@ -191,5 +191,5 @@ class HelpTests(_Base):
         self.assertTrue(out.startswith("proxyd "))
 
     def test_commandsExtend(self):
-        """A command is one function in COMMANDS (how 'proxyd plugins' will come)."""
-        self.assertEqual([c.__name__ for c in COMMANDS], ["addCaCommand"])
+        """A command is one function in COMMANDS: 'proxyd ca' and 'proxyd plugins'."""
+        self.assertEqual([c.__name__ for c in COMMANDS], ["addCaCommand", "addPluginsCommand"])
