@@ -601,10 +601,18 @@ def test_truncatedResponseAbortsClientRequests(fwd, origin, path):
 
 
 def test_truncatedChunkedNeverTerminated(fwd, origin):
-    """On the wire: a truncated chunked upstream body never gets a last-chunk from proxyd."""
+    """
+    On the wire: a truncated chunked upstream body never gets a last-chunk
+    from proxyd.  proxyd aborts the client connection, and the reset may
+    reach the client before it has read the head (the kernel then drops
+    what was unread): that, too, is a response that never ended.
+    """
     with RawConnection(fwd.address, timeout=20) as c:
         _rawRequest(c, "GET", origin.url("/truncated-chunked"), authority=origin.authority)
-        head = c.readHead()
+        try:
+            head = c.readHead()
+        except ConnectionResetError:
+            return
         rest = c.readUntilClose()
     assert head[1] == 200
     assert not rest.endswith(b"0\r\n\r\n"), rest[-50:]
