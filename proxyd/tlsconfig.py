@@ -138,9 +138,21 @@ class VerifyingCreator:
         return connection
 
 
+def upstreamCreator(hostname, trustRoot=None, insecure=False):
+    """
+    The client TLS connection creator for an upstream named C{hostname}:
+    the certificate chain and name are always verified, unless the
+    operator gave --upstream-insecure (C{insecure}).  This is the only
+    place an unverified creator is made.
+    """
+    if insecure:
+        return _UnverifiedCreator(hostname)
+    return VerifyingCreator(hostname, trustRoot)
+
+
 @implementer(IOpenSSLClientConnectionCreator)
-class InsecureCreator:
-    """--upstream-insecure: SNI is still sent, nothing is verified."""
+class _UnverifiedCreator:
+    """--upstream-insecure only (see L{upstreamCreator}): SNI is still sent, nothing is verified."""
 
     _log = Logger()
 

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from proxyd.connect import formatAddress
 from proxyd.h1 import ERROR, ResponseReader
 from proxyd.errors import ProxyError
-from proxyd.tlsconfig import InsecureCreator, VerifyingCreator, describeTLSFailure
+from proxyd.tlsconfig import describeTLSFailure, upstreamCreator
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -212,10 +212,7 @@ class UpstreamPool:
         """The client TLS connection creator for C{name}, made once."""
         creator = self._creators.get(name)
         if creator is None:
-            if self.tlsInsecure:
-                creator = InsecureCreator(name)
-            else:
-                creator = VerifyingCreator(name, self.trustRoot)
+            creator = upstreamCreator(name, self.trustRoot, self.tlsInsecure)
             if len(self._creators) >= 1024:
                 self._creators.pop(next(iter(self._creators)))
             self._creators[name] = creator

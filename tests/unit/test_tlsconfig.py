@@ -12,7 +12,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from proxyd.ca import CertificateAuthority, LeafFactory
-from proxyd.tlsconfig import VerifyingCreator, describeTLSFailure
+from proxyd.tlsconfig import VerifyingCreator, describeTLSFailure, upstreamCreator
 
 
 class _Recorder(Protocol):
@@ -34,14 +34,15 @@ class VerifyTests(SynchronousTestCase):
         self.leaf = self.successResultOf(leaves.leafFor("right.test"))
         self.trust = tssl.trustRootFromCertificates([tssl.Certificate.loadPEM(self.ca.certPEM)])
 
-    def handshake(self, name, trust=None):
+    def handshake(self, name, trust=None, creator=None):
         serverOptions = tssl.CertificateOptions(
             privateKey=self.leaf.key, certificate=self.leaf.certificate, acceptableProtocols=[b"http/1.1"]
         )
         server = _Recorder()
         client = _Recorder()
         serverFactory = TLSMemoryBIOFactory(serverOptions, False, Factory.forProtocol(lambda: server))
-        creator = VerifyingCreator(name, trust or self.trust)
+        if creator is None:
+            creator = VerifyingCreator(name, trust or self.trust)
         clientFactory = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(lambda: client))
         clientTLS, serverTLS, pump = connectedServerAndClient(
             lambda: serverFactory.buildProtocol(None), lambda: clientFactory.buildProtocol(None), greet=False
@@ -77,3 +78,15 @@ class VerifyTests(SynchronousTestCase):
         client, server, clientTLS = self.handshake("right.test", trust)
         self.assertEqual(server.data, b"")
         self.assertIn("unknown issuer", describeTLSFailure(client.lost, clientTLS, "right.test"))
+
+
+    def test_verifiedUnlessInsecure(self):
+        """
+        upstreamCreator verifies by default: a certificate for another name
+        is refused; only insecure=True (--upstream-insecure) accepts it.
+        """
+        client, server, clientTLS = self.handshake("wrong.test", creator=upstreamCreator("wrong.test", self.trust))
+        self.assertIsNotNone(client.lost)
+        client, server, clientTLS = self.handshake("wrong.test", creator=upstreamCreator("wrong.test", self.trust, insecure=True))
+        self.assertIsNone(client.lost)
+        self.assertEqual(clientTLS.getPeerCertificate().to_cryptography().serial_number, self.leaf.serial)
