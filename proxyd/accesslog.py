@@ -162,3 +162,41 @@ def _escape(value):
         else:
             out.append(c.encode("unicode_escape").decode("ascii"))
     return "".join(out)
+
+
+def describeTarget(work, head, origin):
+    """
+    What a request or tunnel was for, as the access log and the log lines
+    name it: a tunnel's host:port, a request's absolute URL (made absolute
+    from the origin of an intercepted tunnel), or "-".
+    """
+    target = getattr(work, "target", None)  # a Tunnel's host:port
+    if target is not None:
+        return target
+    if head is None:
+        return "-"
+    target = head.target.decode("latin-1")
+    if origin is not None and target.startswith("/"):
+        tlsName, host, port = origin
+        scheme, default = ("https", 443) if tlsName else ("http", 80)
+        name = tlsName or host
+        if ":" in name:
+            name = "[" + name + "]"
+        authority = name if port == default else "{}:{}".format(name, port)
+        return "{}://{}{}".format(scheme, authority, target)
+    return target
+
+
+def accessRecord(channel, work, status, bytesOut):
+    """The access record (see L{AccessLog.write}) for C{work} on C{channel}."""
+    head = channel.requestHead
+    return {
+        "client": channel.client,
+        "method": head.method.decode("latin-1") if head is not None else "-",
+        "target": describeTarget(work, head, channel.origin),
+        "status": status if status is not None else (getattr(work, "status", None) or 0),
+        "bytesIn": getattr(work, "bytesIn", 0),
+        "bytesOut": getattr(work, "bytesOut", bytesOut) or bytesOut,
+        "duration": round(channel.clock.seconds() - channel.startTime, 6),
+        "upstream": channel.upstreamAddress,
+    }

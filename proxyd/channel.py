@@ -8,6 +8,8 @@ or proxyd's own pages.  It owns the connection's timers: the head timeout
 or tunnel in flight.
 """
 
+from functools import partial
+
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Protocol
@@ -17,9 +19,12 @@ from zope.interface import implementer
 from proxyd import h1
 from proxyd.errors import ProxyError, errorResponse
 from proxyd.tlsconfig import sslReason
-from proxyd.exchange import HttpExchange, _Pauser, parseAbsoluteURL
-from proxyd.selfpages import renderPage, selfPage
-from proxyd.tunnel import Tunnel, parseConnectTarget
+from proxyd.exchange import HttpExchange, _Pauser
+from proxyd.mitm import Interception, innerExchange
+from proxyd.accesslog import accessRecord, describeTarget
+from proxyd.selfpages import respond
+from proxyd.tunnel import Tunnel
+from proxyd.urls import parseAbsoluteURL, parseConnectTarget
 
 # Reading from the client stops while this many request bytes wait in the
 # reader's queue (pipelined requests, or a body waiting for its upstream).
@@ -55,7 +60,7 @@ class ProxyChannel(Protocol):
         self.clock = factory.clock
         self.pool = factory.pool
         self.connector = factory.connector
-        self.bodyProducer = _Pauser(self._pauseForUpstream, self._resumeForUpstream)
+        self.bodyProducer = _Pauser(partial(self.pauseReading, "upstream"), partial(self.resumeReading, "upstream"))
         self.exchangeClass = HttpExchange
         if factory.pipeline.active:
             from proxyd.rewriting import PluginExchange
@@ -113,7 +118,7 @@ class ProxyChannel(Protocol):
         reader = self.reader
         reader.feed(data)
         if reader.queuedBytes > QUEUE_LIMIT:
-            self._pauseReading("queue")
+            self.pauseReading("queue")
 
     def readConnectionLost(self):
         """The client shut its write half (or closed)."""
@@ -171,27 +176,15 @@ class ProxyChannel(Protocol):
 
     def pauseReading(self, why):
         """Stop reading from the client for reason C{why} (reasons stack)."""
-        self._pauseReading(why)
-
-    def resumeReading(self, why):
-        self._resumeReading(why)
-
-    def _pauseReading(self, why):
         if not self._pauses:
             self.transport.pauseProducing()
         self._pauses.add(why)
 
-    def _resumeReading(self, why):
+    def resumeReading(self, why):
         if why in self._pauses:
             self._pauses.discard(why)
             if not self._pauses and self.state != CLOSING:
                 self.transport.resumeProducing()
-
-    def _pauseForUpstream(self):
-        self._pauseReading("upstream")
-
-    def _resumeForUpstream(self):
-        self._resumeReading("upstream")
 
     def holdRequest(self):
         """Queue the rest of this request until an upstream is ready."""
@@ -201,7 +194,7 @@ class ProxyChannel(Protocol):
         """Let the queued request body flow to the exchange."""
         self.reader.resume()
         if self.reader.queuedBytes <= QUEUE_LIMIT:
-            self._resumeReading("queue")
+            self.resumeReading("queue")
 
     # Requests
 
@@ -236,7 +229,7 @@ class ProxyChannel(Protocol):
             if self.denied is not None:
                 raise ProxyError(*self.denied)
             if self.origin is not None:
-                work = self._originExchange(head)
+                work = innerExchange(self, head)
             elif head.method == b"CONNECT":
                 host, port = parseConnectTarget(head.target)
                 work = Tunnel(self, host, port)
@@ -286,56 +279,14 @@ class ProxyChannel(Protocol):
             work.status = e.status
             self.sendError(e.status, e.reason, work)
 
-    def _originExchange(self, head):
-        """An exchange for a request inside an intercepted CONNECT."""
-        tlsName, host, port = self.origin
-        if head.method == b"CONNECT":
-            raise ProxyError(400, "CONNECT inside a tunnel is not supported")
-        target = head.target
-        if target[:1] != b"/":
-            if target == b"*" and head.method == b"OPTIONS":
-                target = b"*"
-            else:
-                try:
-                    target = parseAbsoluteURL(target.replace(b"https://", b"http://", 1))[2]
-                except ProxyError:
-                    raise ProxyError(400, "request target inside a tunnel must be a path")
-        hostHeader = None
-        for name, value in head.headers:
-            if name.lower() == b"host":
-                hostHeader = value
-        if hostHeader is None:
-            hostHeader = (tlsName or host).encode("idna")
-            if port != (443 if tlsName else 80):
-                hostHeader += b":%d" % (port,)
-        return self.exchangeClass(self, head, host, port, target, hostHeader, tlsName=tlsName)
-
     def _servePage(self, head):
-        if self.config.mode == "mitm" and head.target.split(b"?", 1)[0] == b"/ca.pem":
-            self._serveCA(head)
-            return
-        status, text = selfPage(head.target, self.config.mode)
         keepAlive = head.keepAlive and head.framing == h1.NO_BODY
-        self.transport.write(renderPage(status, text, keepAlive))
-        self._logAccess(None, status=status)
-        if keepAlive:
-            self._idle()
-        else:
-            self._close()
-
-    def _serveCA(self, head):
-        pem = self.factory.leaves.ca.certPEM
-        keepAlive = head.keepAlive and head.framing == h1.NO_BODY
-        headers = [
-            b"HTTP/1.1 200 OK",
-            b"Content-Type: application/x-x509-ca-cert",
-            b'Content-Disposition: attachment; filename="proxyd-ca.pem"',
-            b"Content-Length: %d" % (len(pem),),
-        ]
-        if not keepAlive:
-            headers.append(b"Connection: close")
-        self.transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + pem)
-        self._logAccess(None, status=200, bytesOut=len(pem))
+        leaves = self.factory.leaves
+        status, data, bodyLength = respond(
+            head.target, self.config.mode, keepAlive, leaves.ca.certPEM if leaves is not None else None
+        )
+        self.transport.write(data)
+        self._logAccess(None, status=status, bytesOut=bodyLength)
         if keepAlive:
             self._idle()
         else:
@@ -371,7 +322,7 @@ class ProxyChannel(Protocol):
 
     def exchangeDone(self, exchange, closeClient):
         """An exchange ended cleanly; take the next request or close."""
-        self._resumeReading("upstream")
+        self.resumeReading("upstream")
         self._logAccess(exchange)
         self.exchange = None
         if closeClient or self.closing:
@@ -396,7 +347,7 @@ class ProxyChannel(Protocol):
         self._setDeadline(IDLE, now + self.config.idleTimeout)
         self.reader.resume()
         if self.reader.queuedBytes <= QUEUE_LIMIT:
-            self._resumeReading("queue")
+            self.resumeReading("queue")
         if self.clientEOF and self.exchange is None and self.state == IDLE:
             # The client half-closed and every request it sent is answered.
             self._close()
@@ -438,8 +389,6 @@ class ProxyChannel(Protocol):
 
     def startInterception(self, tunnel, peer):
         """mitm mode, after the 200: look at what the client sends."""
-        from proxyd.mitm import Interception
-
         self.exchange = tunnel
         tunnel.done = True
         self._logAccess(tunnel)
@@ -532,40 +481,14 @@ class ProxyChannel(Protocol):
     # Access log
 
     def _targetOf(self, work):
-        if isinstance(work, Tunnel):
-            return work.target
-        head = self.requestHead
-        if head is None:
-            return "-"
-        target = head.target.decode("latin-1")
-        if self.origin is not None and target.startswith("/"):
-            tlsName, host, port = self.origin
-            scheme, default = ("https", 443) if tlsName else ("http", 80)
-            name = tlsName or host
-            if ":" in name:
-                name = "[" + name + "]"
-            authority = name if port == default else "{}:{}".format(name, port)
-            return "{}://{}{}".format(scheme, authority, target)
-        return target
+        return describeTarget(work, self.requestHead, self.origin)
 
     def _logAccess(self, work, status=None, bytesOut=0):
         log = self.factory.accessLog
         if log is None:
             return
-        head = self.requestHead
-        if work is not None and getattr(work, "logged", False):
-            return
         if work is not None:
+            if getattr(work, "logged", False):
+                return
             work.logged = True
-        log.write(
-            {
-                "client": self.client,
-                "method": head.method.decode("latin-1") if head is not None else "-",
-                "target": self._targetOf(work),
-                "status": status if status is not None else (getattr(work, "status", None) or 0),
-                "bytesIn": getattr(work, "bytesIn", 0),
-                "bytesOut": getattr(work, "bytesOut", bytesOut) or bytesOut,
-                "duration": round(self.clock.seconds() - self.startTime, 6),
-                "upstream": self.upstreamAddress,
-            }
-        )
+        log.write(accessRecord(self, work, status, bytesOut))

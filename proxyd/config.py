@@ -5,24 +5,36 @@ start-up into a frozen L{ProxyConfig}.
 
 Every problem is a L{ConfigError} whose text is one line naming the option,
 so that start-up can print it as is and exit.
+
+This module is the entry point (L{fromOptions}) and the values half: each
+option's value checked and converted, then the L{ProxyConfig} built.  The
+file half (reading the TOML, its types, the merge) is L{proxyd.configfile},
+and the --listen endpoint checks are L{proxyd.configlisten}; the names
+callers use from those are re-exported here.
 """
 
-import difflib
 import math
-import re
-import tomllib
 from ipaddress import ip_network
+from typing import TYPE_CHECKING
 
 import attr
-from twisted.internet.endpoints import serverFromString
 
+from proxyd.configfile import OPTIONS, ConfigError, merge, readFile
+from proxyd.configlisten import EndpointError, checkListen
 from proxyd.policy import (
     AddressPolicy,
     PortSet,
     ProxyAuth,
     listenersAreLoopbackOnly,
-    splitEndpoint,
 )
+
+if TYPE_CHECKING:  # proxyd.ca is imported only when mode is mitm
+    from proxyd.ca import CertificateAuthority
+
+__all__ = [
+    "MODES", "IMPLEMENTED_MODES", "DEFAULT_LISTEN", "MAX_HEADER_SIZE", "MIN_HEADER_SIZE",
+    "ConfigError", "ProxyConfig", "OPTIONS", "fromOptions", "readFile", "merge", "build",
+]
 
 MODES = ("forward", "mitm", "reverse")
 IMPLEMENTED_MODES = ("forward", "mitm")
@@ -33,18 +45,6 @@ DEFAULT_LISTEN = {
 }
 MAX_HEADER_SIZE = 1024 * 1024
 MIN_HEADER_SIZE = 1024
-
-
-class ConfigError(Exception):
-    """
-    A bad setting; C{str(err)} is one line, C{"--option: reason"}.
-    """
-
-
-class _EndpointError(ValueError):
-    """
-    A bad --listen value; its text starts with the endpoint string.
-    """
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
@@ -89,50 +89,6 @@ class ProxyConfig:
         )
 
 
-# Option name -> the TOML types accepted for it.
-_STR, _LIST, _BOOL, _NUMBER, _INT, _PORTS, _SIZE = (
-    "a string",
-    "a list of strings",
-    "true or false",
-    "a number",
-    "an integer",
-    "a string like \"443,8443\"",
-    "a number of bytes or a string like \"10MiB\"",
-)
-OPTIONS = {
-    "mode": _STR,
-    "listen": _LIST,
-    "allow": _LIST,
-    "proxy-auth": _STR,
-    "proxy-auth-file": _STR,
-    "connect-ports": _PORTS,
-    "allow-private": _BOOL,
-    "deny-private": _BOOL,
-    "access-log": _STR,
-    "log-format": _STR,
-    "connect-timeout": _NUMBER,
-    "idle-timeout": _NUMBER,
-    "header-timeout": _NUMBER,
-    "max-connections": _INT,
-    "max-header-size": _INT,
-    "ca-dir": _STR,
-    "ca-cert": _STR,
-    "ca-key": _STR,
-    "leaf-key": _STR,
-    "passthrough": _LIST,
-    "upstream-ca": _LIST,
-    "upstream-insecure": _BOOL,
-    "plugin": _LIST,
-    "plugin-path": _LIST,
-    "max-body-buffer": _SIZE,
-    "plugin-timeout": _NUMBER,
-}
-
-# Options that set one thing two ways: the command line giving either one
-# replaces whatever the file said about both.
-_GROUPS = (("allow-private", "deny-private"), ("proxy-auth", "proxy-auth-file"))
-
-
 def fromOptions(options, reactor):
     """
     Build the L{ProxyConfig} from parsed command-line options (a mapping
@@ -151,49 +107,6 @@ def fromOptions(options, reactor):
     return build(values, sources, reactor, configFile)
 
 
-def readFile(path):
-    """
-    Read and type-check a TOML config file.
-
-    @return: C{{option: value}}, values as TOML gave them.
-    @raise ConfigError: unreadable, not TOML, unknown keys or wrong types.
-    """
-    where = f"--config {path}"
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{where}: {e.strerror or e}")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not valid UTF-8 text")
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: {_tomlReason(str(e))}")
-    for name, value in data.items():
-        if name == "config":
-            raise ConfigError(f"{where}: 'config' cannot be set inside a config file")
-        if name not in OPTIONS:
-            raise ConfigError(f"{where}: unknown option {name!r}{_didYouMean(name)}")
-        if not _typeOk(OPTIONS[name], value):
-            raise ConfigError(
-                f"{where}: {name} must be {OPTIONS[name]}, not {_tomlType(value)}"
-            )
-    return data
-
-
-def merge(fromFile, cli):
-    """
-    The command line wins per option; a repeated option's list from the
-    command line replaces the file's.
-    """
-    values = dict(fromFile)
-    for group in _GROUPS:
-        if any(name in cli for name in group):
-            for name in group:
-                values.pop(name, None)
-    values.update(cli)
-    return values
-
-
 def build(values, sources, reactor, configFile=None):
     """
     Check every value and make the L{ProxyConfig}.
@@ -208,13 +121,13 @@ def build(values, sources, reactor, configFile=None):
         except ValueError as e:
             where = f" (in {sources[name]})" if name in sources else ""
             # "--listen tcp:x: why" names the endpoint the way twistd would.
-            sep = " " if isinstance(e, _EndpointError) else ": "
+            sep = " " if isinstance(e, EndpointError) else ": "
             raise ConfigError(f"--{name}{sep}{e}{where}")
 
     fields = {"configFile": configFile}
     mode = fields["mode"] = check("mode", _mode) if "mode" in values else "forward"
     if "listen" in values:
-        listen = fields["listen"] = check("listen", _listen, reactor)
+        listen = fields["listen"] = check("listen", checkListen, reactor)
     else:
         listen = fields["listen"] = (DEFAULT_LISTEN[mode],)
     if "allow" in values:
@@ -369,62 +282,6 @@ def _asList(value):
     return [value] if isinstance(value, str) else list(value)
 
 
-def _listen(value, reactor):
-    descriptions = _asList(value)
-    if not descriptions:
-        raise ValueError("no endpoint given")
-    for description in descriptions:
-        reason = _endpointProblem(description, reactor)
-        if reason:
-            label = description if description.strip() else repr(description)
-            raise _EndpointError(f"{label}: {reason}")
-    return tuple(descriptions)
-
-
-def _endpointProblem(description, reactor):
-    """
-    @return: why C{description} is not a usable server endpoint, or L{None}.
-    """
-    if not description.strip():
-        return "empty endpoint (expected e.g. tcp:8080:interface=127.0.0.1)"
-    args, kwargs = splitEndpoint(description)
-    while args[0].lower() == "haproxy" and len(args) > 1:
-        args = args[1:]
-    kind = args[0].lower()
-    if kind in ("tcp", "tcp6", "ssl"):
-        port = args[1] if len(args) > 1 else kwargs.get("port", "")
-        if not (port.isascii() and port.isdigit()):
-            return f"{port!r} is not a port number"
-        if int(port) > 65535:
-            return f"port {port} is out of range 0-65535"
-    path = args[1] if len(args) > 1 else kwargs.get("address", "")
-    if kind == "unix" and not path:
-        return "a unix endpoint needs a path (unix:/run/proxyd.sock)"
-    try:
-        serverFromString(reactor, description)
-    except Exception as e:
-        return _endpointReason(kind, e)
-    return None
-
-
-def _endpointReason(kind, e):
-    """
-    Turn what serverFromString raised into words about the endpoint.
-    """
-    text = str(e)
-    if kind == "systemd" and isinstance(e, (IndexError, KeyError)):
-        return "systemd passed no such socket (is a .socket unit active?)"
-    match = re.search(r"unexpected keyword argument '([^']*)'", text)
-    if match:
-        return f"unknown parameter {match.group(1)!r}"
-    match = re.match(r"invalid literal for int\(\) with base \d+: (.*)", text)
-    if match:
-        return f"{match.group(1)} is not a number"
-    if text.startswith("Unknown endpoint type"):
-        return f"unknown endpoint type {kind!r}"
-    return re.sub(r"^\w+\(\) ", "", text) or type(e).__name__
-
-
 def _allow(value):
     networks = []
     items = _asList(value)
@@ -488,60 +345,3 @@ def _integer(value, low, high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ValueError(f"must be {bound}, got {value!r}")
     return number
-
-
-def _typeOk(expected, value):
-    if expected == _STR:
-        return isinstance(value, str)
-    if expected == _LIST:
-        return isinstance(value, str) or (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        )
-    if expected == _BOOL:
-        return isinstance(value, bool)
-    if expected == _NUMBER:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected == _INT:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected == _SIZE:
-        return isinstance(value, (str, int)) and not isinstance(value, bool)
-    # _PORTS
-    ok = (str, int)
-    if isinstance(value, list):
-        return all(isinstance(v, ok) and not isinstance(v, bool) for v in value)
-    return isinstance(value, ok) and not isinstance(value, bool)
-
-
-def _tomlType(value):
-    for kind, name in (
-        (bool, "a boolean"),
-        (str, "a string"),
-        (int, "an integer"),
-        (float, "a float"),
-        (list, "an array"),
-        (dict, "a table"),
-    ):
-        if isinstance(value, kind):
-            return name
-    return "a date/time"
-
-
-def _tomlReason(message):
-    """
-    tomllib says C{"Invalid value (at line 3, column 8)"}; we say
-    C{"line 3: invalid value"}.
-    """
-    match = re.match(r"(.*) \(at line (\d+), column \d+\)$", message)
-    if match:
-        reason, line = match.groups()
-        return f"line {line}: {reason[:1].lower()}{reason[1:]}"
-    match = re.match(r"(.*) \(at end of document\)$", message)
-    if match:
-        reason = match.group(1)
-        return f"at end of file: {reason[:1].lower()}{reason[1:]}"
-    return message
-
-
-def _didYouMean(name):
-    close = difflib.get_close_matches(name.replace("_", "-"), OPTIONS, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

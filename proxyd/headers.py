@@ -1,8 +1,11 @@
 # -*- test-case-name: tests.unit.test_headers -*-
 """
 Header rules a proxy applies between its two sides: hop-by-hop stripping
-(RFC 9110 section 7.6.1 plus the proxy ones) and Via.
+(RFC 9110 section 7.6.1 plus the proxy ones) and Via; and the passage
+between wire pairs and the L{Headers} plugins edit.
 """
+
+from twisted.web.http_headers import Headers
 
 HOP_BY_HOP = frozenset(
     [
@@ -67,3 +70,31 @@ def addVia(headers, version=b"1.1"):
     """Append proxyd to Via (RFC 9110 section 7.6.3)."""
     headers.append((VIA, version + b" proxyd" if version != b"1.1" else VIA_VALUE))
     return headers
+
+
+# What plugins may not decide: hop-by-hop and framing headers (proxyd's)
+# and Host (which proxyd writes first, from the request).
+_NOT_FROM_PLUGINS = HOP_BY_HOP | FRAMING | frozenset([b"host"])
+
+
+def toHeaders(pairs):
+    """Wire (name, value) pairs as the L{Headers} a plugin sees."""
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+def wirePairs(headers, keepUpgrade=False):
+    """
+    The L{Headers} a plugin left, as wire pairs without hop-by-hop,
+    framing or Host headers (C{Upgrade} kept with C{keepUpgrade}).
+    """
+    out = []
+    for name, values in headers.getAllRawHeaders():
+        lname = name.lower()
+        if lname in _NOT_FROM_PLUGINS and not (keepUpgrade and lname == b"upgrade"):
+            continue
+        for value in values:
+            out.append((name, value))
+    return out

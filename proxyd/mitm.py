@@ -20,6 +20,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from proxyd.errors import ProxyError
+from proxyd.urls import parseAbsoluteURL
 from proxyd.relay import Relay
 from proxyd.sniff import HTTP, NEED_MORE, TLS, ClientHelloError, ClientHelloReader, classify
 
@@ -42,6 +44,32 @@ def connectDecision(config, host, sni):
     if patterns and (matchesHost(patterns, host) or (sni and matchesHost(patterns, sni))):
         return TUNNEL
     return INTERCEPT
+
+
+def innerExchange(channel, head):
+    """
+    The exchange for a request inside an intercepted CONNECT: origin-form
+    (or an absolute URL for the same origin) to the CONNECT target, over
+    TLS with the client's SNI when the client spoke TLS.
+    """
+    tlsName, host, port = channel.origin
+    if head.method == b"CONNECT":
+        raise ProxyError(400, "CONNECT inside a tunnel is not supported")
+    target = head.target
+    if target[:1] != b"/" and not (target == b"*" and head.method == b"OPTIONS"):
+        try:
+            target = parseAbsoluteURL(target.replace(b"https://", b"http://", 1))[2]
+        except ProxyError:
+            raise ProxyError(400, "request target inside a tunnel must be a path")
+    hostHeader = None
+    for name, value in head.headers:
+        if name.lower() == b"host":
+            hostHeader = value
+    if hostHeader is None:
+        hostHeader = (tlsName or host).encode("idna")
+        if port != (443 if tlsName else 80):
+            hostHeader += b":%d" % (port,)
+    return channel.exchangeClass(channel, head, host, port, target, hostHeader, tlsName=tlsName)
 
 
 class _One(Factory):

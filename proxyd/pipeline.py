@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.unit.test_pipeline -*-
 """
-The rewriter chain every mode's exchanges call: hooks in --plugin order,
-each answer checked, Deferreds bounded by --plugin-timeout, failures
-turned into one log entry and a L{PluginError} the exchange renders as 502
-(or 504 for a hook that never answered).
+The rewriter chain every mode's exchanges call: which hooks each round
+runs, in --plugin order, and what their answers mean (READ_BODY, filters,
+short-circuit responses, connect decisions).  L{proxyd.hooks} runs the
+rounds: Deferreds bounded by --plugin-timeout, failures turned into one
+log entry and a L{PluginError} (502, or 504 for a hook that never answered).
 
 Sans-I/O apart from the clock: it never touches a connection.  It says
 what to do next (a L{Plan}) and the exchange does it, so the same chain
@@ -11,9 +12,11 @@ serves forward, mitm and reverse exchanges and the test helpers in
 L{proxyd.testing}.
 """
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from proxyd.hooks import HookRunner, PluginError, hook, then
 
 from proxyd.interfaces import (
     INTERCEPT,
@@ -29,31 +32,6 @@ from proxyd.message import Response
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
-
-
-class PluginError(Exception):
-    """
-    A hook failed (502) or did not answer in time (504).
-
-    @ivar status: 502 or 504.
-    @ivar plugin: the plugin's label.
-    @ivar hook: the hook's name.
-    @ivar reason: one line for the error response.
-    """
-
-    def __init__(self, status, plugin, hook, reason):
-        Exception.__init__(self, status, plugin, hook, reason)
-        self.status = status
-        self.plugin = plugin
-        self.hook = hook
-        self.reason = reason
-
-    def __str__(self):
-        return self.reason
-
-
-class _TimedOut(Exception):
-    pass
 
 
 class Stage:
@@ -120,6 +98,7 @@ class Pipeline:
         self.clock = clock
         self.maxBodyBuffer = maxBodyBuffer
         self.timeout = timeout
+        self.runner = HookRunner(clock, timeout)
         self.requestStages = tuple(s for s in self.stages if IRequestRewriter.providedBy(s.rewriter))
         self.responseStages = tuple(s for s in self.stages if IResponseRewriter.providedBy(s.rewriter))
         self.connectStages = tuple(s for s in self.stages if IConnectPolicy.providedBy(s.rewriter))
@@ -148,8 +127,8 @@ class Pipeline:
                 return False
             raise _bad(stage, "requestHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        ran = self._run(self.requestStages, _hook("requestHead", flow), answer, flow)
-        return _then(ran, lambda _: Plan(flow.response, steps))
+        ran = self.runner.run(self.requestStages, hook("requestHead", flow), answer, flow)
+        return then(ran, lambda _: Plan(flow.response, steps))
 
     def responseHead(self, flow):
         """
@@ -176,8 +155,8 @@ class Pipeline:
                 return False
             raise _bad(stage, "responseHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        ran = self._run(self.responseStages, _hook("responseHead", flow), answer, flow)
-        return _then(ran, lambda _: Plan(replaced[-1] if replaced else None, steps))
+        ran = self.runner.run(self.responseStages, hook("responseHead", flow), answer, flow)
+        return then(ran, lambda _: Plan(replaced[-1] if replaced else None, steps))
 
     # Whole bodies
 
@@ -191,7 +170,7 @@ class Pipeline:
         """
         flow.request.body = body
         ran = self._runBody(flow, flow.request, plan.steps, "requestBody", True)
-        return _then(ran, lambda _: Plan(flow.response))
+        return then(ran, lambda _: Plan(flow.response))
 
     def responseBody(self, flow, body, plan):
         """
@@ -224,7 +203,7 @@ class Pipeline:
                 return stopOnResponse
             raise _bad(stage, hook, value, "None, bytes or a Response")
 
-        return self._run(steps, call, answer, flow, label=lambda step: step[0].label, hookName=hook)
+        return self.runner.run(steps, call, answer, flow, label=lambda step: step[0].label, hookName=hook)
 
     def madeResponse(self, flow):
         """
@@ -239,7 +218,7 @@ class Pipeline:
                 return None
             return self.responseBody(flow, flow.response.body, plan)
 
-        return _then(self.responseHead(flow), heads)
+        return then(self.responseHead(flow), heads)
 
     # The same, always as Deferreds (for callers that want one, like
     # proxyd.testing.PluginTester); the methods above return their result
@@ -298,16 +277,7 @@ class Pipeline:
         try:
             value = method(*args)
         except Exception:
-            self._log.failure(
-                "Plugin {plugin} failed in {hook} for {subject}",
-                plugin=stage.label,
-                hook=hook,
-                subject=_describe(subject),
-            )
-            raise PluginError(
-                502, stage.label, hook,
-                "plugin {} failed in {} (traceback in the proxyd log)".format(stage.label, hook),
-            )
+            raise self.runner.hookFailed(Failure(), stage.label, hook, subject)
         if not isinstance(value, bytes):
             raise _bad(stage, hook, value, "bytes")
         return value
@@ -333,169 +303,11 @@ class Pipeline:
         if not self.connectStages:
             return succeed(None)
         return maybeDeferred(
-            lambda: _then(
-                self._run(self.connectStages, _hook("connectDecision", target), answer, target),
+            lambda: then(
+                self.runner.run(self.connectStages, hook("connectDecision", target), answer, target),
                 lambda _: decision[0] if decision else None,
             )
         )
-
-    # The loop
-
-    def _run(self, items, call, answer, subject, label=None, hookName=None):
-        """
-        C{call(item)} for each item in order; C{answer(item, value)} returns
-        True to stop.  Synchronous hooks run in a plain loop, with no
-        Deferred at all (most requests); from the first hook that returns a
-        Deferred on, the rest runs in L{_runAsync}.
-
-        @param call: returns the hook's answer; made by L{_hook} for stages.
-        @return: None when every hook answered at once, else a Deferred
-            firing with None or failing with L{PluginError}.
-        @raise PluginError: a hook failed synchronously (logged here).
-        """
-        if label is None:
-            label = _stageLabel
-        if hookName is None:
-            hookName = call.hookName
-        index = 0
-        count = len(items)
-        while index < count:
-            item = items[index]
-            try:
-                value = call(item)
-            except PluginError:
-                raise
-            except Exception:
-                raise self._hookFailed(Failure(), label(item), hookName, subject)
-            if isinstance(value, Deferred):
-                return self._runAsync(items, call, answer, subject, label, hookName, index, value)
-            if answer(item, value):
-                return None
-            index += 1
-        return None
-
-    def _hookFailed(self, failure, plugin, hookName, subject):
-        """Log a hook's failure once; the L{PluginError} to answer with."""
-        self._log.failure(
-            "Plugin {plugin} failed in {hook} for {subject}",
-            failure,
-            plugin=plugin,
-            hook=hookName,
-            subject=_describe(subject),
-        )
-        return PluginError(
-            502, plugin, hookName,
-            "plugin {} failed in {}: {} (traceback in the proxyd log)".format(plugin, hookName, failure.type.__name__),
-        )
-
-    def _runAsync(self, items, call, answer, subject, label, hookName, start, first):
-        """L{_run} from item C{start} on, whose hook returned C{first}, a Deferred."""
-        pending = []
-        cancelled = []
-
-        def cancel(d):
-            cancelled.append(True)
-            if pending:
-                pending[0].cancel()
-
-        done = Deferred(canceller=cancel)
-
-        def step(index):
-            while index < len(items):
-                item = items[index]
-                try:
-                    value = call(item)
-                    if isinstance(value, Deferred):
-                        pending[:] = [value]
-                        if not value.called:
-                            value.addTimeout(self.timeout, self.clock, _timedOut)
-                        value.addCallbacks(resumed, failed, (item, index), None, (item,))
-                        return
-                    if answer(item, value):
-                        break
-                except PluginError as e:
-                    done.errback(e)
-                    return
-                except BaseException:
-                    failed(None, item)
-                    return
-                index += 1
-            done.callback(None)
-
-        def resumed(value, item, index):
-            del pending[:]
-            if done.called or cancelled:
-                return
-            try:
-                if answer(item, value):
-                    done.callback(None)
-                    return
-            except PluginError as e:
-                done.errback(e)
-                return
-            step(index + 1)
-
-        def failed(failure, item):
-            del pending[:]
-            if done.called or cancelled:
-                return None
-            plugin = label(item)
-            if failure is not None and failure.check(PluginError):
-                done.errback(failure)
-                return None
-            if failure is not None and failure.check(_TimedOut):
-                self._log.warn(
-                    "Plugin {plugin} did not answer {hook} within {t:g}s for {subject}",
-                    plugin=plugin,
-                    hook=hookName,
-                    t=self.timeout,
-                    subject=_describe(subject),
-                )
-                done.errback(
-                    PluginError(
-                        504, plugin, hookName,
-                        "plugin {} did not answer {} within {:g}s".format(plugin, hookName, self.timeout),
-                    )
-                )
-                return None
-            if failure is None:
-                failure = Failure()
-            done.errback(self._hookFailed(failure, plugin, hookName, subject))
-            return None
-
-        pending[:] = [first]
-        if not first.called:
-            first.addTimeout(self.timeout, self.clock, _timedOut)
-        first.addCallbacks(resumed, failed, (items[start], start), None, (items[start],))
-        return done
-
-
-def _then(result, f):
-    """C{f(result)} now, or once the Deferred C{result} fires."""
-    if isinstance(result, Deferred):
-        return result.addCallback(f)
-    return f(result)
-
-
-def _hook(name, *args):
-    """A C{call} for L{Pipeline._run}: the named hook of each stage's rewriter."""
-
-    def call(stage):
-        return getattr(stage.rewriter, name)(*args)
-
-    call.hookName = name
-    return call
-
-
-def _stageLabel(stage):
-    return stage.label
-
-
-def _timedOut(result, timeout):
-    if hasattr(result, "check") and result.check(CancelledError):
-        raise _TimedOut()
-    return result
-
 
 def _bad(stage, hook, value, expected):
     """A hook answered with something outside its contract."""
@@ -518,11 +330,3 @@ def _complete(response):
         response.body = b""
 
 
-def _describe(subject):
-    request = getattr(subject, "request", None)
-    if request is not None:
-        return "{} {}".format(request.method.decode("latin-1"), request.url.decode("latin-1"))
-    host = getattr(subject, "host", None)
-    if host is not None:
-        return "CONNECT {}:{}".format(host, subject.port)
-    return repr(subject)

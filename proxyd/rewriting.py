@@ -14,45 +14,16 @@ otherwise.
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.http_headers import Headers
 
 from proxyd import h1
-from proxyd.exchange import HttpExchange, splitAuthority
-from proxyd.errors import statusPhrase
-from proxyd.headers import FRAMING, HOP_BY_HOP, addVia, endToEnd
+from proxyd.exchange import HttpExchange
+from proxyd.urls import DEFAULT_PORTS, formatAuthority, splitURL
+from proxyd.errors import ProxyError, statusPhrase
+from proxyd.headers import FRAMING, addVia, endToEnd, toHeaders, wirePairs
 from proxyd.message import Flow, Request, Response
 from proxyd.pipeline import PluginError
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_DROP = HOP_BY_HOP | FRAMING | frozenset([b"host"])
-
-
-def _pairs(headers, keepUpgrade=False):
-    """Headers a plugin left, as wire pairs without hop-by-hop or framing ones."""
-    out = []
-    for name, values in headers.getAllRawHeaders():
-        lname = name.lower()
-        if lname in _DROP and not (keepUpgrade and lname == b"upgrade"):
-            continue
-        for value in values:
-            out.append((name, value))
-    return out
-
-
-def _toHeaders(pairs):
-    headers = Headers()
-    for name, value in pairs:
-        headers.addRawHeader(name, value)
-    return headers
-
-
-def _authority(host, port, defaultPort):
-    name = host.encode("idna") if not isinstance(host, bytes) else host
-    if b":" in name:
-        name = b"[" + name + b"]"
-    if port != defaultPort:
-        name += b":%d" % (port,)
-    return name
 
 
 def _bodyless(method, status):
@@ -91,7 +62,7 @@ class PluginExchange(HttpExchange):
         head = self.head
         if self.tlsName is not None or self.channel.origin is not None:
             scheme, default = (b"https", 443) if self.tlsName is not None else (b"http", 80)
-            url = scheme + b"://" + _authority(self.tlsName or self.host, self.port, default) + self.path
+            url = scheme + b"://" + formatAuthority(self.tlsName or self.host, self.port, default) + self.path
         else:
             url = b"http://" + self.hostHeader + self.path
         upgrade = head.method == b"GET" and any(n.lower() == b"upgrade" for n, _ in head.headers)
@@ -100,7 +71,7 @@ class PluginExchange(HttpExchange):
         pairs.insert(0, (b"Host", self.hostHeader))
         self.originalURL = url
         self.flow = Flow(
-            Request(head.method, url, _toHeaders(pairs), None, head.version),
+            Request(head.method, url, toHeaders(pairs), None, head.version),
             mode=self.channel.config.mode,
             client=self.channel.client,
             started=self.clock.seconds(),
@@ -124,10 +95,7 @@ class PluginExchange(HttpExchange):
             self.waiting = result
             result.addCallbacks(self._resumed, self._pluginFailed, (then,))
             return
-        try:
-            then(result)
-        except PluginError as e:
-            self._pluginError(e)
+        self._resumed(result, then)
 
     def _resumed(self, result, then):
         self.waiting = None
@@ -148,6 +116,14 @@ class PluginExchange(HttpExchange):
         self._log.failure("Rewriting {url} failed", failure, url=self._url())
         self.fail(502, "rewriting failed (see the proxyd log)")
         return None
+
+    def _filter(self, run, *args):
+        """A streaming filter call; None once a filter failed (and the exchange with it)."""
+        try:
+            return run(*args)
+        except PluginError as e:
+            self._pluginError(e)
+            return None
 
     def _pluginError(self, error):
         self.fail(error.status, error.reason)
@@ -191,25 +167,12 @@ class PluginExchange(HttpExchange):
 
     def _retarget(self, request):
         url = request.url
-        scheme, sep, rest = url.partition(b"://")
-        scheme = scheme.lower()
-        if not sep or scheme not in (b"http", b"https"):
-            raise ValueError("a plugin set an unusable URL {!r}".format(url.decode("latin-1")))
-        end = len(rest)
-        for stop in (b"/", b"?", b"#"):
-            i = rest.find(stop)
-            if 0 <= i < end:
-                end = i
-        authority, path = rest[:end], rest[end:].split(b"#", 1)[0]
-        default = 443 if scheme == b"https" else 80
         try:
-            host, port = splitAuthority(authority, default)
-        except Exception:
+            scheme, host, port, path = splitURL(url)
+        except ProxyError:
             raise ValueError("a plugin set an unusable URL {!r}".format(url.decode("latin-1")))
-        if not path.startswith(b"/"):
-            path = b"/" + path
         oldHost = self.hostHeader
-        newAuthority = _authority(host, port, default)
+        newAuthority = formatAuthority(host, port, DEFAULT_PORTS[scheme])
         hostHeader = request.header(b"host", oldHost)
         if hostHeader == oldHost:
             hostHeader = newAuthority
@@ -233,11 +196,7 @@ class PluginExchange(HttpExchange):
                 self._requestOverflow()
             return
         if self.requestFilters is not None:
-            try:
-                data = self.pipeline.filterChunk(self.requestFilters, data, self.flow)
-            except PluginError as e:
-                self._pluginError(e)
-                return
+            data = self._filter(self.pipeline.filterChunk, self.requestFilters, data, self.flow)
             if not data:
                 return
         HttpExchange.requestBody(self, data)
@@ -268,10 +227,8 @@ class PluginExchange(HttpExchange):
             self._step(self._requestBodyDone, self.pipeline.requestBody, self.flow, body, self.requestPlan)
             return
         if self.requestFilters is not None and not self.done and self.upstream is not None:
-            try:
-                tail = self.pipeline.filterEnd(self.requestFilters, self.flow)
-            except PluginError as e:
-                self._pluginError(e)
+            tail = self._filter(self.pipeline.filterEnd, self.requestFilters, self.flow)
+            if tail is None:
                 return
             if tail:
                 HttpExchange.requestBody(self, tail)
@@ -290,7 +247,7 @@ class PluginExchange(HttpExchange):
         request = self.flow.request
         head = self.head
         self.upgrading = request.method == b"GET" and request.headers.hasHeader(b"upgrade")
-        headers = _pairs(request.headers, keepUpgrade=self.upgrading)
+        headers = wirePairs(request.headers, keepUpgrade=self.upgrading)
         headers.insert(0, (b"Host", self.hostHeader))
         if self.upgrading:
             headers.append((b"Connection", b"upgrade"))
@@ -327,7 +284,7 @@ class PluginExchange(HttpExchange):
         self.responseHead = head
         self.status = head.status
         pairs = endToEnd(head.headers, keepFraming=False)
-        self.flow.response = Response(head.status, head.reason or statusPhrase(head.status), _toHeaders(pairs))
+        self.flow.response = Response(head.status, head.reason or statusPhrase(head.status), toHeaders(pairs))
         self._step(self._responsePlanned, self.pipeline.responseHead, self.flow, onWait=self._holdUpstream)
 
     def _holdUpstream(self):
@@ -387,7 +344,7 @@ class PluginExchange(HttpExchange):
         self.responseStarted = True
         self.responseFilters = filters
         self.status = response.status
-        headers = _pairs(response.headers)
+        headers = wirePairs(response.headers)
         framing = head.framing
         if framing == h1.NO_BODY:
             # HEAD and 304 responses keep the upstream's framing headers.
@@ -420,11 +377,7 @@ class PluginExchange(HttpExchange):
                     self._responseBody(chunk)
             return
         if self.responseFilters is not None:
-            try:
-                data = self.pipeline.filterChunk(self.responseFilters, data, self.flow)
-            except PluginError as e:
-                self._pluginError(e)
-                return
+            data = self._filter(self.pipeline.filterChunk, self.responseFilters, data, self.flow)
             if not data:
                 return
             self.sentLength += len(data)
@@ -437,10 +390,8 @@ class PluginExchange(HttpExchange):
             self._releaseUpstream()
             self._step(self._sendWhole, self.pipeline.responseBody, self.flow, body, self.responsePlan)
             return
-        try:
-            tail = self.pipeline.filterEnd(self.responseFilters, self.flow)
-        except PluginError as e:
-            self._pluginError(e)
+        tail = self._filter(self.pipeline.filterEnd, self.responseFilters, self.flow)
+        if tail is None:
             return
         if tail:
             self.sentLength += len(tail)
@@ -478,7 +429,7 @@ class PluginExchange(HttpExchange):
         body = response.body or b""
         self.responseStarted = True
         self.status = response.status
-        headers = _pairs(response.headers)
+        headers = wirePairs(response.headers)
         method = self.flow.request.method
         if not (response.status in (204, 304) or 100 <= response.status < 200):
             headers.append((b"Content-Length", b"%d" % (len(body),)))

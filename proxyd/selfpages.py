@@ -28,14 +28,34 @@ def selfPage(path, mode):
 
 
 def renderPage(status, text, keepAlive):
-    body = text.encode("utf-8")
+    """A text/plain page of proxyd's own."""
+    return render(
+        status, text.encode("utf-8"), keepAlive,
+        ((b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store")),
+    )
+
+
+def render(status, body, keepAlive, headers):
+    """The bytes of a whole response of proxyd's own: C{headers}, then the framing."""
     phrase = b"OK" if status == 200 else b"Not Found"
-    head = [
-        b"HTTP/1.1 %d %s" % (status, phrase),
-        b"Content-Type: text/plain; charset=utf-8",
-        b"Content-Length: %d" % (len(body),),
-        b"Cache-Control: no-store",
-    ]
+    lines = [b"HTTP/1.1 %d %s" % (status, phrase)]
+    lines.extend(name + b": " + value for name, value in headers)
+    lines.append(b"Content-Length: %d" % (len(body),))
     if not keepAlive:
-        head.append(b"Connection: close")
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def respond(target, mode, keepAlive, caPEM=None):
+    """
+    A request to proxyd itself: C{(status, bytes of the whole response,
+    body length)}.  In mitm mode C{/ca.pem} downloads the CA certificate.
+    """
+    if caPEM is not None and mode == "mitm" and target.split(b"?", 1)[0] == b"/ca.pem":
+        headers = (
+            (b"Content-Type", b"application/x-x509-ca-cert"),
+            (b"Content-Disposition", b'attachment; filename="proxyd-ca.pem"'),
+        )
+        return 200, render(200, caPEM, keepAlive, headers), len(caPEM)
+    status, text = selfPage(target, mode)
+    return status, renderPage(status, text, keepAlive), 0

@@ -11,7 +11,6 @@ from twisted.logger import Logger
 
 from proxyd.connect import formatAddress
 from proxyd.errors import ProxyError
-from proxyd.exchange import splitAuthority
 from proxyd.interfaces import TUNNEL, Deny
 from proxyd.message import ConnectTarget
 from proxyd.pipeline import PluginError
@@ -25,13 +24,6 @@ class _PeerFactory(Factory):
 _peerFactory = _PeerFactory()
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\nVia: 1.1 proxyd\r\n\r\n"
-
-
-def parseConnectTarget(target):
-    """C{host:port} (names, IPv4, [IPv6]) of a CONNECT request."""
-    if b"/" in target or b"@" in target:
-        raise ProxyError(400, "CONNECT target must be host:port")
-    return splitAuthority(target, None)
 
 
 class Tunnel:

@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.unit.test_pipeline -*-
+"""
+Running one round of plugin hooks: in order, a plain loop while hooks
+answer at once, Deferreds (bounded by --plugin-timeout) from the first hook
+that returns one; a failure logged once with its traceback and turned into
+a L{PluginError} the exchange answers with (502, or 504 for a hook that
+never answered).  What the answers mean is L{proxyd.pipeline}'s business.
+"""
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+
+class PluginError(Exception):
+    """
+    A hook failed (502) or did not answer in time (504).
+
+    @ivar status: 502 or 504.
+    @ivar plugin: the plugin's label.
+    @ivar hook: the hook's name.
+    @ivar reason: one line for the error response.
+    """
+
+    def __init__(self, status, plugin, hook, reason):
+        Exception.__init__(self, status, plugin, hook, reason)
+        self.status = status
+        self.plugin = plugin
+        self.hook = hook
+        self.reason = reason
+
+    def __str__(self):
+        return self.reason
+
+
+class _TimedOut(Exception):
+    pass
+
+
+class HookRunner:
+    """Runs rounds of hooks with one clock and one time limit."""
+
+    _log = Logger()
+
+    def __init__(self, clock, timeout):
+        self.clock = clock
+        self.timeout = timeout
+
+    def run(self, items, call, answer, subject, label=None, hookName=None, start=0):
+        """
+        C{call(item)} for each item in order from C{start}; C{answer(item,
+        value)} returns True to stop.
+
+        @param call: returns the hook's answer; L{hook} makes one for stages.
+        @return: None when every hook answered at once, else a Deferred
+            firing with None or failing with L{PluginError}.
+        @raise PluginError: a hook failed synchronously (logged here).
+        """
+        if label is None:
+            label = _stageLabel
+        if hookName is None:
+            hookName = call.hookName
+        for index in range(start, len(items)):
+            item = items[index]
+            try:
+                value = call(item)
+            except PluginError:
+                raise
+            except Exception:
+                raise self.hookFailed(Failure(), label(item), hookName, subject)
+            if isinstance(value, Deferred):
+                return self._wait(items, call, answer, subject, label, hookName, index, value)
+            if answer(item, value):
+                return None
+        return None
+
+    def hookFailed(self, failure, plugin, hookName, subject):
+        """Log a hook's failure once; the L{PluginError} to answer with."""
+        self._log.failure(
+            "Plugin {plugin} failed in {hook} for {subject}",
+            failure,
+            plugin=plugin,
+            hook=hookName,
+            subject=describe(subject),
+        )
+        return PluginError(
+            502, plugin, hookName,
+            "plugin {} failed in {}: {} (traceback in the proxyd log)".format(plugin, hookName, failure.type.__name__),
+        )
+
+    def _wait(self, items, call, answer, subject, label, hookName, index, pending):
+        """
+        The hook of C{items[index]} returned C{pending}: wait for it (within
+        the time limit), then L{run} the rest.  Cancelling the Deferred
+        returned cancels what is being waited for, quietly.
+        """
+        item = items[index]
+        plugin = label(item)
+        waiting = [pending]
+        cancelled = []
+
+        def cancel(d):
+            cancelled.append(True)
+            waiting[0].cancel()
+
+        done = Deferred(canceller=cancel)
+
+        def answered(value):
+            if cancelled:
+                return
+            try:
+                if answer(item, value):
+                    done.callback(None)
+                    return
+                rest = self.run(items, call, answer, subject, label, hookName, index + 1)
+            except PluginError as e:
+                done.errback(e)
+                return
+            if rest is None:
+                done.callback(None)
+            else:
+                waiting[0] = rest
+                rest.addCallbacks(done.callback, lambda f: None if cancelled else done.errback(f))
+
+        def failed(failure):
+            if cancelled:
+                return
+            if failure.check(PluginError):
+                done.errback(failure)
+            elif failure.check(_TimedOut):
+                self._log.warn(
+                    "Plugin {plugin} did not answer {hook} within {t:g}s for {subject}",
+                    plugin=plugin,
+                    hook=hookName,
+                    t=self.timeout,
+                    subject=describe(subject),
+                )
+                done.errback(PluginError(
+                    504, plugin, hookName,
+                    "plugin {} did not answer {} within {:g}s".format(plugin, hookName, self.timeout),
+                ))
+            else:
+                done.errback(self.hookFailed(failure, plugin, hookName, subject))
+
+        if not pending.called:
+            pending.addTimeout(self.timeout, self.clock, _timedOut)
+        pending.addCallbacks(answered, failed)
+        return done
+
+
+def then(result, f):
+    """C{f(result)} now, or once the Deferred C{result} fires."""
+    if isinstance(result, Deferred):
+        return result.addCallback(f)
+    return f(result)
+
+
+def hook(name, *args):
+    """A C{call} for L{HookRunner.run}: the named hook of each stage's rewriter."""
+
+    def call(stage):
+        return getattr(stage.rewriter, name)(*args)
+
+    call.hookName = name
+    return call
+
+
+def _stageLabel(stage):
+    return stage.label
+
+
+def _timedOut(result, timeout):
+    if hasattr(result, "check") and result.check(CancelledError):
+        raise _TimedOut()
+    return result
+
+
+def describe(subject):
+    request = getattr(subject, "request", None)
+    if request is not None:
+        return "{} {}".format(request.method.decode("latin-1"), request.url.decode("latin-1"))
+    host = getattr(subject, "host", None)
+    if host is not None:
+        return "CONNECT {}:{}".format(host, subject.port)
+    return repr(subject)
