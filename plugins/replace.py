@@ -29,13 +29,13 @@ C{--plugin} order.
 import codecs
 import fnmatch
 import re
-import zlib
 
 import attr
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from proxyd.coding import DECODABLE, DecodeError, DecodedTooBig, contentType, decodeContent, encodeContent
 from proxyd.interfaces import READ_BODY, IProxyPlugin, IRequestRewriter, IResponseRewriter, PluginSettingsError
 from proxyd.pluginsettings import checkKeys, choice, hostGlobs, matchesHost, matchesURL, regex, size, urlGlobs
 
@@ -58,8 +58,6 @@ _MEDIA_TYPE = re.compile(r"^[a-z0-9*!#$&^_.+-]+/[a-z0-9*!#$&^_.+-]+$")
 
 # Headers that vouch for the exact bytes of the body; wrong once it changes.
 _INTEGRITY_HEADERS = (b"Content-MD5", b"Digest", b"Content-Digest", b"Repr-Digest")
-
-_GZIP_MAGIC = b"\x1f\x8b"
 
 # Codecs whose strict decoding always encodes back to the same bytes.
 _EXACT_CODECS = frozenset(["utf-8", "iso8859-1", "ascii"])
@@ -106,21 +104,6 @@ def _template(pattern, replacement):
     return replacement
 
 
-def _contentType(message):
-    """(media type, charset or None) from the message's Content-Type; media type is '' if none."""
-    value = message.header(b"content-type")
-    if value is None:
-        return "", None
-    parts = value.decode("latin-1").split(";")
-    mediaType = parts[0].strip().lower()
-    charset = None
-    for param in parts[1:]:
-        name, sep, val = param.partition("=")
-        if sep and name.strip().lower() == "charset":
-            charset = val.strip().strip('"').strip() or None
-    return mediaType, charset
-
-
 def _codings(message):
     """The content codings applied, first applied first; identity left out."""
     codings = []
@@ -134,58 +117,19 @@ def _codings(message):
 
 def _unsupported(codings):
     for coding in codings:
-        if coding not in ("gzip", "x-gzip", "deflate"):
+        if coding not in DECODABLE:
             return coding
     return None
-
-
-def _inflate(data, wbits, limit):
-    """
-    Decompress one zlib, gzip (C{wbits} 16+) or raw deflate (negative)
-    stream, never producing more than C{limit} bytes.  Concatenated gzip
-    members are read as one body, as browsers do.
-
-    @raise _TooBig: more than C{limit} bytes would come out.
-    @raise _LeaveAlone: truncated, corrupt, or followed by other bytes.
-    @raise zlib.error: not this kind of stream at all.
-    """
-    out = []
-    total = 0
-    while True:
-        inflater = zlib.decompressobj(wbits)
-        chunk = inflater.decompress(data, limit - total + 1)
-        total += len(chunk)
-        if total > limit or inflater.unconsumed_tail:
-            raise _TooBig("decodes to more than max-decoded ({} bytes)".format(limit))
-        if not inflater.eof:
-            raise _LeaveAlone("compressed body is truncated")
-        out.append(chunk)
-        rest = inflater.unused_data
-        if not rest:
-            return b"".join(out)
-        if wbits > 15 and rest.startswith(_GZIP_MAGIC):
-            data = rest
-            continue
-        raise _LeaveAlone("compressed body has {} bytes after its end".format(len(rest)))
 
 
 def _decode(coding, data, limit):
     """Take one content coding off; returns (bytes, how to put it back)."""
     try:
-        if coding in ("gzip", "x-gzip"):
-            return _inflate(data, 16 + zlib.MAX_WBITS, limit), 16 + zlib.MAX_WBITS
-        try:
-            return _inflate(data, zlib.MAX_WBITS, limit), zlib.MAX_WBITS
-        except zlib.error:
-            # Some servers send raw deflate (no zlib wrapper) as "deflate".
-            return _inflate(data, -zlib.MAX_WBITS, limit), -zlib.MAX_WBITS
-    except zlib.error as e:
-        raise _LeaveAlone("body is not valid {}: {}".format(coding, e))
-
-
-def _encode(data, wbits):
-    compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)
-    return compressor.compress(data) + compressor.flush()
+        return decodeContent(coding, data, limit)
+    except DecodedTooBig:
+        raise _TooBig("decodes to more than max-decoded ({} bytes)".format(limit))
+    except DecodeError as e:
+        raise _LeaveAlone(str(e))
 
 
 @attr.s(frozen=True)
@@ -215,7 +159,7 @@ class _Replace:
             return False
         if self.urls and not matchesURL(self.urls, request.url):
             return False
-        mediaType, _ = _contentType(message)
+        mediaType, _ = contentType(message)
         if not mediaType or not any(fnmatch.fnmatchcase(mediaType, t) for t in self.types):
             return False
         coding = _unsupported(_codings(message))
@@ -258,7 +202,7 @@ class _Replace:
         if len(data) > self.maxDecoded:
             raise _TooBig("body is larger than max-decoded ({} bytes)".format(self.maxDecoded))
 
-        _, charset = _contentType(message)
+        _, charset = contentType(message)
         charset = charset or "utf-8"
         try:
             codec = codecs.lookup(charset).name
@@ -280,7 +224,7 @@ class _Replace:
         except ValueError:
             raise _LeaveAlone("the replaced text cannot be written in {}".format(charset), "warn")
         for wbits in reversed(undo):
-            data = _encode(data, wbits)
+            data = encodeContent(data, wbits)
         return data
 
     def _logOnce(self, flow, level, reason):
