@@ -27,6 +27,7 @@ from tests.integration.origin import (
     freePort,
     makeCertificates,
 )
+from tests.polling import waitFor  # also imported from here by tests
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 15.0
@@ -205,20 +206,25 @@ class Daemon:
         return self
 
     def waitReady(self, timeout=READY_TIMEOUT):
-        deadline = time.monotonic() + timeout
+        """Wait until every probe address accepts, in order, within C{timeout} in all."""
         pending = list(self.probes)
-        while pending:
+
+        def listeningOrExited():
             if self.proc.poll() is not None:
-                raise DaemonFailed("proxyd exited with %s before listening\nargv: %s\n%s" % (
-                    self.proc.returncode, self.argv, self.logText()))
-            if time.monotonic() > deadline:
-                self.stop()
-                raise DaemonFailed("proxyd not listening on %s after %.0fs\nargv: %s\n%s" % (
-                    pending, timeout, self.argv, self.logText()))
-            if _probe(pending[0]):
+                return "exited"
+            while pending and _probe(pending[0]):
                 pending.pop(0)
-            else:
-                time.sleep(0.05)
+            return not pending
+
+        try:
+            waitFor(listeningOrExited, timeout, message="proxyd to listen on %s" % (pending,))
+        except AssertionError:
+            self.stop()
+            raise DaemonFailed("proxyd not listening on %s after %.0fs\nargv: %s\n%s" % (
+                pending, timeout, self.argv, self.logText())) from None
+        if pending:
+            raise DaemonFailed("proxyd exited with %s before listening\nargv: %s\n%s" % (
+                self.proc.returncode, self.argv, self.logText()))
 
     @property
     def pid(self):
@@ -356,15 +362,25 @@ def runTwistd(twistd, tmp_path):
             proc = subprocess.Popen([twistd] + [str(a) for a in argv], cwd="/", env=env,
                                     stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
                                     start_new_session=True)
-            deadline = time.monotonic() + timeout
-            timedOut = False
-            while proc.poll() is None:
-                if time.monotonic() > deadline or (probe is not None and _probe(probe)):
-                    timedOut = True
-                    proc.kill()
-                    proc.wait(10)
-                    break
-                time.sleep(0.05)
+
+            def exitedOrListening():
+                if proc.poll() is not None:
+                    return "exited"
+                return _probe(probe) and "listening"
+
+            try:
+                if probe is None:
+                    proc.wait(timeout)
+                    timedOut = False
+                else:
+                    # Listening means it started after all: stopped like a timeout.
+                    timedOut = waitFor(exitedOrListening, timeout,
+                                       message="twistd to exit") == "listening"
+            except (subprocess.TimeoutExpired, AssertionError):  # still running at the deadline
+                timedOut = True
+            if timedOut:
+                proc.kill()
+                proc.wait(10)
         return TwistdResult(proc.returncode, out.read_text("utf-8", "replace"),
                             err.read_text("utf-8", "replace"), timedOut)
 
@@ -375,51 +391,32 @@ def runTwistd(twistd, tmp_path):
 # Origins
 
 
-@pytest.fixture(scope="session")
-def origin():
-    s = HTTPOrigin.start("127.0.0.1")
-    yield s
-    s.close()
+def _serverFixture(start, host, scope="session", doc=None):
+    """
+    A fixture that yields C{start(host)} (a server from
+    L{tests.integration.origin}) and closes it at teardown; for C{::1} it
+    skips without IPv6.
+    """
+
+    def serve():
+        if ":" in host and not IPV6:
+            pytest.skip("no IPv6 loopback")
+        server = start(host)
+        yield server
+        server.close()
+
+    serve.__doc__ = doc
+    return pytest.fixture(scope=scope)(serve)
 
 
-@pytest.fixture(scope="session")
-def origin6():
-    if not IPV6:
-        pytest.skip("no IPv6 loopback")
-    s = HTTPOrigin.start("::1")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def countingOrigin():
-    """A fresh origin per test, so its connection count is the test's own."""
-    s = HTTPOrigin.start("127.0.0.1")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="session")
-def tunnelTarget():
-    s = TunnelTarget.start("127.0.0.1")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="session")
-def tunnelTarget6():
-    if not IPV6:
-        pytest.skip("no IPv6 loopback")
-    s = TunnelTarget.start("::1")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="session")
-def garbageServer():
-    s = GarbageServer.start("127.0.0.1")
-    yield s
-    s.close()
+origin = _serverFixture(HTTPOrigin.start, "127.0.0.1")
+origin6 = _serverFixture(HTTPOrigin.start, "::1")
+countingOrigin = _serverFixture(
+    HTTPOrigin.start, "127.0.0.1", scope="function",
+    doc="A fresh origin per test, so its connection count is the test's own.")
+tunnelTarget = _serverFixture(TunnelTarget.start, "127.0.0.1")
+tunnelTarget6 = _serverFixture(TunnelTarget.start, "::1")
+garbageServer = _serverFixture(GarbageServer.start, "127.0.0.1")
 
 
 @pytest.fixture(scope="session")
@@ -434,30 +431,23 @@ def tlsOrigin(certs):
     s.close()
 
 
+def requireCommand(name):
+    """The path of command C{name}; skips the test when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip("%s is not installed" % (name,))
+    return path
+
+
 @pytest.fixture(scope="session")
 def curl():
-    path = shutil.which("curl")
-    if path is None:
-        pytest.skip("curl is not installed")
-    return path
+    return requireCommand("curl")
 
 
 def runCurl(curl, args, timeout=60):
     """Run curl; returns CompletedProcess with bytes stdout/stderr."""
     return subprocess.run([curl, "-sS", "--max-time", str(int(timeout))] + list(args),
                           capture_output=True, timeout=timeout + 10)
-
-
-def waitFor(predicate, timeout=10.0, interval=0.05, message="condition"):
-    """Poll C{predicate} until true or fail after C{timeout} seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, message))
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------

@@ -89,7 +89,7 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
       /truncated           Content-Length 1000000, 1000 bytes, close
       /truncated-chunked   three chunks, no last chunk, close
       /slow-head           never answers (until the server is closed)
-      /delay?ms=N&id=X     sleeps N ms then answers X
+      /delay?ms=N&id=X     waits N ms then answers X
       /status/N            status N (no body for 204/304)
       /multi-headers       repeated Set-Cookie and X-Multi response headers
       /hop-response        response carrying hop-by-hop headers
@@ -294,7 +294,8 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 
     def route_delay(self, path, query, head):
         self._readBody(lambda d: None)
-        time.sleep(int(query.get("ms", "100")) / 1000.0)
+        # The slow origin under test; a closing server does not wait it out.
+        self.server.stopped.wait(int(query.get("ms", "100")) / 1000.0)
         self._send(200, query.get("id", "").encode(), head=head)
 
     def route_status(self, path, query, head):
@@ -421,50 +422,88 @@ class HTTPOrigin(_ServerBase, http.server.ThreadingHTTPServer):
 # TLS origin and throwaway certificates
 
 
-def makeCertificates(directory, names=("localhost",), ips=("127.0.0.1", "::1")):
+def makeCA(name, notBefore, notAfter):
     """
-    Write a throwaway CA (C{ca.pem}) and a leaf for C{names}/C{ips}
-    (C{leaf.pem}, C{leaf.key}) to C{directory}; return their paths.
+    A self-signed P-256 CA certificate (CA:true, keyCertSign and cRLSign,
+    an SKI) with subject C{name} (an C{x509.Name}), valid from C{notBefore}
+    to C{notAfter}: (key, certificate).
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxyd test CA")])
-    ca = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(caName).issuer_name(caName)
-        .public_key(caKey.public_key())
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_before(notBefore)
+        .not_valid_after(notAfter)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, content_commitment=False, key_encipherment=False,
             data_encipherment=False, key_agreement=False, key_cert_sign=True,
             crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()), critical=False)
-        .sign(caKey, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
-    leafKey = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    leaf = (
+    return key, cert
+
+
+def makeLeaf(caKey, caName, commonName, sans, notBefore, notAfter):
+    """
+    A P-256 server certificate (serverAuth, an AKI) for C{commonName} and
+    the C{x509} general names C{sans}, signed by the CA C{caKey}/C{caName},
+    valid from C{notBefore} to C{notAfter}: (key, certificate).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
         .issuer_name(caName)
-        .public_key(leafKey.public_key())
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_before(notBefore)
+        .not_valid_after(notAfter)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False)
         .sign(caKey, hashes.SHA256())
     )
+    return key, cert
+
+
+def privateKeyPEM(key):
+    """C{key} as unencrypted PKCS#8 PEM."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
+def makeCertificates(directory, names=("localhost",), ips=("127.0.0.1", "::1")):
+    """
+    Write a throwaway CA (C{ca.pem}) and a leaf for C{names}/C{ips}
+    (C{leaf.pem}, C{leaf.key}) to C{directory}; return their paths.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    notBefore, notAfter = now - datetime.timedelta(days=1), now + datetime.timedelta(days=2)
+    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxyd test CA")])
+    caKey, ca = makeCA(caName, notBefore, notAfter)
+    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    leafKey, leaf = makeLeaf(caKey, caName, names[0], sans, notBefore, notAfter)
     paths = {
         "ca": directory / "ca.pem",
         "cert": directory / "leaf.pem",
@@ -472,9 +511,7 @@ def makeCertificates(directory, names=("localhost",), ips=("127.0.0.1", "::1")):
     }
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(leafKey.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    paths["key"].write_bytes(privateKeyPEM(leafKey))
     return paths
 
 

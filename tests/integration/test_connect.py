@@ -14,7 +14,7 @@ import httpx
 import pytest
 import requests
 
-from tests.integration.conftest import IPV6, needsIPv6, runCurl, waitFor
+from tests.integration.conftest import IPV6, needsIPv6, runCurl
 from tests.integration.origin import (
     CHUNK,
     HELLO,
@@ -25,6 +25,7 @@ from tests.integration.origin import (
     patternChunks,
     patternSha256,
 )
+from tests.polling import waitFor
 
 BIG = 200 * 1024 * 1024
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import requests
 
-from tests.integration.conftest import needsIPv6, runCurl, waitFor
+from tests.integration.conftest import needsIPv6, runCurl
 from tests.integration.origin import (
     CHUNKED_BODY,
     CLOSE_DELIMITED_BODY,
@@ -24,6 +24,7 @@ from tests.integration.origin import (
     patternChunks,
     patternSha256,
 )
+from tests.polling import observe, rssKiB, waitFor
 
 BIG = 200 * 1024 * 1024
 
@@ -434,14 +435,6 @@ def test_bigUploadRelay(fwd, origin):
     assert json.loads(body) == {"sha256": patternSha256(BIG), "length": BIG}
 
 
-def _rssKiB(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_slowReaderBackpressureAndPoolReuse(proxyd, countingOrigin):
     """
     A client that stops reading a 64 MB download: proxyd's memory stays flat
@@ -451,15 +444,13 @@ def test_slowReaderBackpressureAndPoolReuse(proxyd, countingOrigin):
     d = proxyd()
     n = 64 * 1024 * 1024
     for i in range(3):
-        before = _rssKiB(d.pid)
+        before = rssKiB(d.pid)
         with RawConnection(d.address, timeout=15) as c:
             _rawRequest(c, "GET", countingOrigin.url("/bytes?n=%d" % n), authority=countingOrigin.authority)
             # The slow reader: read nothing for a second while the origin pushes.
-            deadline = time.monotonic() + 1.0
-            peak = before
-            while time.monotonic() < deadline:
-                peak = max(peak, _rssKiB(d.pid))
-                time.sleep(0.05)
+            samples = [before]
+            observe(1.0, lambda: samples.append(rssKiB(d.pid)))
+            peak = max(samples)
             assert peak - before < 10 * 1024, "proxyd grew by %d KiB for a stalled reader" % (peak - before)
             resp = c.readResponse()
         assert hashlib.sha256(resp.body).hexdigest() == patternSha256(n)

@@ -15,13 +15,13 @@ import uuid
 import pytest
 import requests
 
-from tests.integration.conftest import waitFor
 from tests.integration.origin import (
     HELLO,
     ConnectionClosed,
     RawConnection,
     patternSha256,
 )
+from tests.polling import waitFor
 
 HEADER_TIMEOUT = 2
 MAX_HEADER = 8192

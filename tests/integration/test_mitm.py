@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import shutil
 import socket
 import ssl
 import stat
@@ -43,15 +42,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.conftest import runCurl, tcpListener, waitFor
+from tests.integration.conftest import requireCommand, runCurl, tcpListener
 from tests.integration.origin import (
     HELLO,
     OriginHandler,
     TLSOrigin,
     connectTunnel,
+    makeCA,
+    makeLeaf,
     patternChunks,
     patternSha256,
+    privateKeyPEM,
 )
+from tests.polling import observe, procStatusKiB, waitFor
 
 DOWNLOAD = 100 * 1024 * 1024
 UPLOAD = 50 * 1024 * 1024
@@ -69,9 +72,7 @@ def _now():
 
 
 def _writeKey(path, key):
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    path.write_bytes(privateKeyPEM(key))
     os.chmod(path, 0o600)
 
 
@@ -82,47 +83,17 @@ def makeOtherCertificates(directory):
     (localhost / 127.0.0.1, but expired five days ago).
     """
     now = _now()
-    caKey = ec.generate_private_key(ec.SECP256R1())
     caName = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, "proxyd mitm-test other CA"),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tests"),
     ])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(caName).issuer_name(caName)
-        .public_key(caKey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()), critical=False)
-        .sign(caKey, hashes.SHA256())
-    )
+    caKey, ca = makeCA(caName, now - datetime.timedelta(days=30), now + datetime.timedelta(days=30))
     paths = {"ca": directory / "other-ca.pem", "caKey": directory / "other-ca.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     _writeKey(paths["caKey"], caKey)
 
     def leaf(label, cn, sans, notBefore, notAfter):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(caName)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(notBefore)
-            .not_valid_after(notAfter)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()),
-                           critical=False)
-            .sign(caKey, hashes.SHA256())
-        )
+        key, cert = makeLeaf(caKey, caName, cn, sans, notBefore, notAfter)
         certPath = directory / ("%s.pem" % label)
         keyPath = directory / ("%s.key" % label)
         certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -327,11 +298,7 @@ def tlsThroughProxy(d, target, serverName, cafile, timeout=10.0):
 
 def vmHWM(pid):
     """Peak resident set size of C{pid}, in bytes."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return procStatusKiB(pid, "VmHWM") * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -340,10 +307,7 @@ def vmHWM(pid):
 
 @pytest.fixture(scope="session")
 def openssl():
-    path = shutil.which("openssl")
-    if path is None:
-        pytest.skip("openssl is not installed")
-    return path
+    return requireCommand("openssl")
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +504,9 @@ def test_clientNotTrustingCA(proxyd, curl, tlsOrigin, certs, tmp_path):
     r = curlGet(curl, d, url)
     assert r.returncode == 60, (r.returncode, r.stderr)
     waitFor(lambda: len(logLines(d)) > before, timeout=5, message="a log line about the failed handshake")
-    time.sleep(0.5)  # anything else it would log about this connection
+    # Half a second for anything else it would log about this connection
+    # (a second line ends the wait early; the check below then fails).
+    observe(0.5, lambda: len(logLines(d)) > before + 1)
     new = logLines(d)[before:]
     assert len(new) == 1, new
     assert "localhost" in new[0] or "127.0.0.1" in new[0], new

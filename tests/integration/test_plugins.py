@@ -9,14 +9,13 @@ import gzip
 import json
 import signal
 import socket
-import textwrap
 import time
 
 import pytest
 import requests
 
-from tests.integration.conftest import waitFor
 from tests.integration.origin import CHUNKED_BODY, HELLO, patternSha256
+from tests.polling import rssKiB, waitFor
 
 USER_PLUGIN = '''
 """A user's plugin: adds X-Plugin to requests; /boom raises; /hang never answers."""
@@ -66,14 +65,6 @@ def pluginDir(tmp_path_factory):
 def echoHeaders(response, name):
     assert response.status_code == 200, response.text
     return [v for (k, v) in response.json()["headers"] if k.lower() == name.lower()]
-
-
-def _rssKiB(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_userPluginForward(proxyd, origin, pluginDir):
@@ -141,7 +132,7 @@ def test_headerPluginKeepsBigBodyStreaming(proxyd, origin):
     import hashlib
 
     h = hashlib.sha256()
-    before = _rssKiB(d.pid)
+    before = rssKiB(d.pid)
     peak = before
     got = 0
     with requests.get(origin.url("/bytes?n=%d" % n), proxies=d.proxies, stream=True, timeout=60) as r:
@@ -151,7 +142,7 @@ def test_headerPluginKeepsBigBodyStreaming(proxyd, origin):
             h.update(chunk)
             got += len(chunk)
             if got % (16 << 20) < (1 << 20):
-                peak = max(peak, _rssKiB(d.pid))
+                peak = max(peak, rssKiB(d.pid))
     assert got == n and h.hexdigest() == patternSha256(n)
     assert peak - before < 20 * 1024, "proxyd grew by %d KiB" % (peak - before)
 

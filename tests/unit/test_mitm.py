@@ -5,30 +5,14 @@ is relayed blind.  Fake transports and clock; real ClientHellos from
 Python's ssl module.
 """
 
-import ssl
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from proxyd.ca import CertificateAuthority
 from proxyd.mitm import INTERCEPT, TUNNEL, connectDecision, matchesHost
 from proxyd.testing import FakeProxy, makeConfig
+from tests.unit.tlshello import clientHello
 
 CONNECT = b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n"
-
-
-def clientHello(serverName):
-    """The bytes of a real TLS ClientHello for C{serverName} (None: no SNI)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if serverName is None:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=serverName)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
 
 
 class DecisionTests(SynchronousTestCase):

@@ -312,21 +312,22 @@ class ResponseTests(SynchronousTestCase):
         flow.response = makeResponse(206, [("Content-Type", "text/plain")], None)
         self.assertIsNone(rewriter.responseHead(flow))
 
+    def catAt(self, settings, url):
+        """The body that C{cat} in an HTML page at C{url} becomes."""
+        _, flow = self.respond(settings, _html(b"cat"), url=url)
+        return flow.response.body
+
     def test_hostFilter(self):
         """host= limits the replacement to matching hosts."""
         settings = {"pattern": "cat", "replacement": "dog", "host": "*.example.org|example.com"}
-        _, flow = self.respond(settings, _html(b"cat"), url=b"http://www.example.org/")
-        self.assertEqual(flow.response.body, b"dog")
-        _, flow = self.respond(settings, _html(b"cat"), url=b"http://example.net/")
-        self.assertEqual(flow.response.body, b"cat")
+        self.assertEqual(self.catAt(settings, b"http://www.example.org/"), b"dog")
+        self.assertEqual(self.catAt(settings, b"http://example.net/"), b"cat")
 
     def test_urlFilter(self):
         """url= limits the replacement to matching URLs."""
         settings = {"pattern": "cat", "replacement": "dog", "url": "*://example.com/app/*"}
-        _, flow = self.respond(settings, _html(b"cat"), url=b"https://example.com/app/main.html")
-        self.assertEqual(flow.response.body, b"dog")
-        _, flow = self.respond(settings, _html(b"cat"), url=b"https://example.com/other")
-        self.assertEqual(flow.response.body, b"cat")
+        self.assertEqual(self.catAt(settings, b"https://example.com/app/main.html"), b"dog")
+        self.assertEqual(self.catAt(settings, b"https://example.com/other"), b"cat")
 
     def test_overBufferLimit(self):
         """A body larger than the buffer limit passes untouched, with proxyd's warning."""

@@ -21,6 +21,14 @@ from proxyd.policy import (
 )
 
 
+def assertRefused(testCase, parse, cases):
+    """C{parse(given)} raises ValueError saying C{reason}, for each C{given: reason} of C{cases}."""
+    for given, reason in cases.items():
+        with testCase.assertRaises(ValueError) as e:
+            parse(given)
+        testCase.assertEqual(str(e.exception), reason, given)
+
+
 class PortSetTests(SynchronousTestCase):
     def test_single(self):
         """A single port contains only itself."""
@@ -60,10 +68,7 @@ class PortSetTests(SynchronousTestCase):
             "1-70000": "port 70000 is out of range 1-65535",
             "44 3": "'44 3' is not a port or a range like 1000-2000",
         }
-        for text, reason in cases.items():
-            with self.assertRaises(ValueError) as e:
-                PortSet.parse(text)
-            self.assertEqual(str(e.exception), reason, text)
+        assertRefused(self, PortSet.parse, cases)
 
 
 class ClientPolicyTests(SynchronousTestCase):
@@ -304,10 +309,7 @@ class ProxyAuthTests(SynchronousTestCase):
             ":pw": "the user name is empty",
             "alice:": "the password is empty",
         }
-        for pair, reason in cases.items():
-            with self.assertRaises(ValueError) as e:
-                ProxyAuth.fromPair(pair)
-            self.assertEqual(str(e.exception), reason)
+        assertRefused(self, ProxyAuth.fromPair, cases)
 
     def _file(self, text):
         path = self.mktemp()
@@ -381,10 +383,7 @@ class ProxyAuthTests(SynchronousTestCase):
             "bob:{SHA}abc=\n": "line 1: unsupported hash; use bcrypt "
             "(htpasswd -B) or a plain-text password",
         }
-        for text, reason in cases.items():
-            with self.assertRaises(ValueError) as e:
-                ProxyAuth.fromFile(self._file(text))
-            self.assertEqual(str(e.exception), reason, text)
+        assertRefused(self, lambda text: ProxyAuth.fromFile(self._file(text)), cases)
 
     def test_unreadableFile(self):
         """A missing file raises OSError for the caller to word."""

@@ -56,14 +56,24 @@ class Boom(Rewriter):
             raise RuntimeError("kaboom")
 
 
-class Waits(RequestRewriter):
+class _Pending:
+    """A hook that answers with a new Deferred, kept in C{pending} for the test to fire."""
+
     def __init__(self):
         self.pending = []
 
-    def requestHead(self, flow):
+    def _wait(self, flow):
         d = Deferred()
         self.pending.append(d)
         return d
+
+
+class Waits(_Pending, RequestRewriter):
+    requestHead = _Pending._wait
+
+
+class SlowResponse(_Pending, ResponseRewriter):
+    responseHead = _Pending._wait
 
 
 class Doubler(BodyFilter):
@@ -324,16 +334,6 @@ class ConnectPolicyTests(SynchronousTestCase):
         channel, client = proxy.client()
         channel.dataReceived(b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(proxy.pendingConnects(), [("127.0.0.1", 443)])
-
-
-class SlowResponse(ResponseRewriter):
-    def __init__(self):
-        self.pending = []
-
-    def responseHead(self, flow):
-        d = Deferred()
-        self.pending.append(d)
-        return d
 
 
 class HeldResponseTests(SynchronousTestCase):

@@ -24,34 +24,15 @@ from proxyd.sniff import (
     ClientHelloReader,
     classify,
 )
+from tests.unit.tlshello import clientHello
 
 # Bounded so the whole file runs in a few seconds.
 _PROPERTY = settings(max_examples=200, deadline=None)
 
 
-@functools.lru_cache(maxsize=None)
-def captured(host="example.com", alpn=None, maxVersion=None, minVersion=None):
-    """
-    The ClientHello that Python's ssl module (OpenSSL) sends, caught from a
-    memory BIO before any server answers.
-    """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if host is None:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
-    if maxVersion is not None:
-        ctx.maximum_version = maxVersion
-    if minVersion is not None:
-        ctx.minimum_version = minVersion
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    conn = ctx.wrap_bio(incoming, outgoing, server_hostname=host)
-    try:
-        conn.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
+# The ClientHello that Python's ssl module (OpenSSL) sends: L{clientHello},
+# made once per set of arguments.
+captured = functools.lru_cache(maxsize=None)(clientHello)
 
 
 # Hand-built hellos, following RFC 8446 section 4.1.2.

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, fail, succeed
@@ -20,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from proxyd import tap
 from proxyd.config import ProxyConfig
 from proxyd.service import ListenerService, ProxyService, StartupError
+from tests.polling import waitFor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -347,14 +347,12 @@ class RealTwistdTests(SynchronousTestCase):
         )
         self.addCleanup(process.wait)
         self.addCleanup(process.kill)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def accepts():
             with socket.socket() as client:
-                if client.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        else:
-            self.fail("proxyd did not start listening")
+                return client.connect_ex(("127.0.0.1", port)) == 0
+
+        waitFor(accepts, timeout=30, message="proxyd to start listening")
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
         self.assertEqual(process.returncode, 0, (stdout, stderr))
