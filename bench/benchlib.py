@@ -1,16 +1,25 @@
 """
 What bench/run.py and bench/mitm.py share: bounded subprocesses, the
 processes a bench starts (each in its own group, stopped at exit), port
-waits, RSS and CPU of a process tree, Debian packages and venvs.
+waits, RSS and CPU of a process tree, Debian packages and venvs, proxyd
+installed from a copy of the work tree, the nginx origin, the proxies both
+benches run (proxyd, mitmdump, proxy.py: install, argv, start), curl, the
+start and end of a run, and the helpers the result tables are built with.
 
 Set LABEL to name the bench in messages.
 """
 
+import argparse
+import atexit
+import datetime
+import json
 import os
+import platform
 import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -20,10 +29,15 @@ from pathlib import Path
 LABEL = "bench"
 LOOPBACK = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SMALL_SIZE = 1024        # the origin's /small
 
 
 def log(msg):
     print(f"[{LABEL} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def on_signal(signum, frame):
+    raise SystemExit(f"{LABEL}: signal {signum}, stopping")
 
 
 class Procs:
@@ -225,7 +239,7 @@ def ensure_debian(binaries, no_install, packages):
             policy.unlink()
     still = [b for b in binaries if not shutil.which(b)]
     if still:
-        raise SystemExit(f"bench: still missing after apt-get install: {still}")
+        raise SystemExit(f"{LABEL}: still missing after apt-get install: {still}")
 
 
 def venv(work, name, python, packages, upgrade=False):
@@ -255,3 +269,486 @@ def pip_version(d, dist):
 def deb_version(pkg):
     p = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, timeout=30)
     return p.stdout.decode().strip() or None
+
+
+# ------------------------------------------------------------------ proxyd
+
+
+def proxyd_source(src, dst, ref=None):
+    """A copy of the proxyd tree SRC in DST to install from, so nothing is built inside the repo.
+
+    Without ref: the work tree as it is (tracked and untracked-but-not-ignored files,
+    bench/ left out). With ref: `git archive REF`.
+    """
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    if ref:
+        arch = run(["git", "-C", src, "archive", "--format=tar", ref], timeout=120, quiet=True).stdout
+        subprocess.run(["tar", "-x", "-C", dst], input=arch, check=True, timeout=120)
+        return dst
+    files = run(["git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                timeout=60, quiet=True).stdout.split(b"\0")
+    for f in files:
+        rel = f.decode()
+        if not rel or rel.startswith("bench/"):
+            continue
+        s, d = Path(src) / rel, dst / rel
+        if s.is_file():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s, d)
+    return dst
+
+
+def git_info(src, ref=None):
+    """Which proxyd is measured: a commit (ref) or the work tree at HEAD plus its changes."""
+    def g(*a):
+        p = subprocess.run(["git", "-C", str(src)] + list(a), capture_output=True, timeout=30)
+        return p.stdout.decode().strip() if p.returncode == 0 else None
+    rev = ref or "HEAD"
+    info = {"commit": g("rev-parse", f"{rev}^{{commit}}"), "subject": g("log", "-1", "--format=%s", rev),
+            "date": g("log", "-1", "--format=%cI", rev),
+            "branch": ref if ref else g("rev-parse", "--abbrev-ref", "HEAD"),
+            "source": f"git archive {ref}" if ref else "work tree"}
+    if ref:
+        info["dirty_files_outside_bench"] = info["untracked_files_outside_bench"] = 0
+        return info
+    status = g("status", "--porcelain", "--untracked-files=no") or ""
+    dirty = [l for l in status.splitlines() if not l[3:].startswith("bench/")]
+    untracked = (g("ls-files", "--others", "--exclude-standard") or "").splitlines()
+    untracked = [f for f in untracked if not f.startswith("bench/")]
+    info["dirty_files_outside_bench"] = len(dirty)
+    info["untracked_files_outside_bench"] = len(untracked)
+    return info
+
+
+_PROXYD_VENVS = {}   # (work, src, ref) -> venv: installed once per run (proxyd and its variants)
+
+
+def install_proxyd(work, python, src, ref, deps):
+    """WORK/venv-proxyd: DEPS once (cached), then proxyd from a copy of SRC (or commit REF),
+    reinstalled on every run so the bench measures what is there now."""
+    key = (str(work), str(src), ref)
+    if key not in _PROXYD_VENVS:
+        d = venv(work, "proxyd", python, deps)
+        tree = proxyd_source(src, work / "proxyd-src", ref)
+        run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", tree], timeout=1800)
+        run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+             "--force-reinstall", tree], timeout=600)
+        _PROXYD_VENVS[key] = d
+    return _PROXYD_VENVS[key]
+
+
+# ------------------------------------------------------------------ origin
+
+
+def prepare_www(work, big_mib, small_line, big_from=None):
+    """WORK/www/small (SMALL_SIZE bytes of SMALL_LINE repeated) and WORK/www/big (BIG_MIB MiB
+    of random bytes, made once, or hard-linked from BIG_FROM if that has the size).
+    Returns the size of big."""
+    www = work / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    small = www / "small"
+    if not small.exists() or small.stat().st_size != SMALL_SIZE:
+        small.write_bytes((small_line * 64)[:SMALL_SIZE - 1] + b"\n")
+    big = www / "big"
+    size = big_mib * 1024 * 1024
+    if not big.exists() or big.stat().st_size != size:
+        if big.exists():
+            big.unlink()
+        try:
+            if big_from is not None and big_from.stat().st_size == size:
+                os.link(big_from, big)      # same bytes, no copy
+        except OSError:
+            pass
+        if not big.exists():
+            log(f"generating {big} ({big_mib} MiB of random bytes, once)")
+            tmp = big.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                for _ in range(big_mib):
+                    f.write(os.urandom(1024 * 1024))
+            tmp.rename(big)
+    for p in (work, www):
+        p.chmod(0o755)
+    for p in (small, big):
+        p.chmod(0o644)
+    return size
+
+
+def start_nginx(procs, work, port, cpu, comment, listen="", server=(), tcp_nopush=False):
+    """nginx serving WORK/www on 127.0.0.1:PORT with its own config, pid, logs and temp
+    dirs under WORK/nginx (never the system's): one worker, keep-alive, no access log.
+
+    comment: the config's first line; listen: appended to the listen address (" ssl");
+    server: more lines for the server block."""
+    d = work / "nginx"
+    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    conf = d / "nginx.conf"
+    user = "user root;" if os.geteuid() == 0 else ""
+    nopush = "    tcp_nopush on;\n" if tcp_nopush else ""
+    more = "".join(f"        {line}\n" for line in server)
+    conf.write_text(f"""\
+# {comment}
+{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+{nopush}    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 10000000;
+    server {{
+        listen {LOOPBACK}:{port}{listen};
+{more}        root {work}/www;
+        location / {{ }}
+    }}
+}}
+""")
+    if not port_free(port):
+        raise SystemExit(f"{LABEL}: origin port {port} is busy (use --port-base)")
+    p = procs.start("nginx", ["nginx", "-p", f"{d}/", "-e", d / "error.log", "-c", conf], cpu=cpu,
+                    logfile=d / "stdout.log")
+    if not wait_port(port, p, 20):
+        raise SystemExit(f"{LABEL}: nginx did not start; see {d}/error.log")
+    return p
+
+
+# ----------------------------------------------------------------- proxies
+
+
+class Proxy:
+    """How to install, configure and start one proxy; a bench subclasses it.
+
+    pypi: (venv name, pip packages, distribution) of a proxy pip-installed into
+    WORK/venv-NAME; the distribution's version is the one reported."""
+
+    name = label = "?"
+    pypi = None
+
+    def __init__(self, work, args, port, origin_port):
+        self.work, self.args, self.port, self.origin_port = work, args, port, origin_port
+        self.dir = work / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.version = None
+        self.flags = ""
+
+    def install(self):
+        if self.pypi:
+            name, packages, dist = self.pypi
+            self.venv = venv(self.work, name, self.args.python, packages, upgrade=self.args.upgrade)
+            self.version = pip_version(self.venv, dist)
+
+    def use_installed(self):
+        """install() under --no-install: the venv as it is (Debian packages: just their version)."""
+        if not self.pypi:
+            return self.install()
+        self.venv = self.work / f"venv-{self.pypi[0]}"
+        if not (self.venv / "bin" / "python").exists():
+            raise SystemExit(f"{LABEL}: {self.venv} missing and --no-install given")
+        self.version = pip_version(self.venv, self.pypi[2])
+
+    def prepare(self):
+        pass
+
+    def command(self):
+        """The argv every run of this proxy has, whatever the bench."""
+        raise NotImplementedError
+
+    def options(self):
+        """What this bench adds to command()."""
+        return []
+
+    def argv(self):
+        return self.record(self.command() + self.options())
+
+    def record(self, argv):
+        """argv, its arguments kept in self.flags for the results."""
+        self.flags = " ".join(str(x) for x in argv[1:])
+        return argv
+
+    def env(self):
+        return None
+
+    def home_env(self):
+        """The environment with HOME in the proxy's own directory."""
+        (self.dir / "home").mkdir(exist_ok=True)
+        return dict(os.environ, HOME=str(self.dir / "home"))
+
+    def after_start(self, proc):
+        """Wait for what the proxy writes at start. Returns an error or None."""
+        return None
+
+
+class Proxyd(Proxy):
+    """`twistd -n --pidfile= proxyd MODE --listen tcp:PORT:interface=127.0.0.1 --connect-ports '*'
+    OPTIONS --proxyd-args`, installed from the work tree (or args.proxyd_ref) with DEPS."""
+
+    name, label = "proxyd", "proxyd"
+    pypi = ("proxyd", None, "proxyd")   # for use_installed(); install() is install_proxyd
+    deps = ("wheel",)
+    mode = ()
+
+    def install(self):
+        ref = getattr(self.args, "proxyd_ref", None)
+        self.git = git_info(self.args.proxyd_src, ref)
+        self.venv = install_proxyd(self.work, self.args.python, self.args.proxyd_src, ref, list(self.deps))
+        (self.venv / ".proxyd-source.json").write_text(json.dumps(self.git))
+        self._version()
+
+    def use_installed(self):
+        Proxy.use_installed(self)
+        # what the last install put there, not what the tree holds now
+        mark = self.venv / ".proxyd-source.json"
+        self.git = json.loads(mark.read_text()) if mark.exists() else {"commit": None}
+        self._version()
+
+    def _version(self):
+        self.version = pip_version(self.venv, "proxyd")
+        if self.git.get("commit"):
+            self.version = f"{self.version} @{self.git['commit'][:10]}"
+
+    def command(self):
+        return ([self.venv / "bin" / "twistd", "-n", "--pidfile=", "proxyd"] + list(self.mode)
+                + ["--listen", f"tcp:{self.port}:interface={LOOPBACK}", "--connect-ports", "*"])
+
+    def argv(self):
+        return self.record(self.command() + self.options() + shlex.split(self.args.proxyd_args or ""))
+
+
+class Mitmdump(Proxy):
+    """`mitmdump --listen-host 127.0.0.1 -p PORT -q --set confdir=DIR/confdir
+    --set stream_large_bodies=1m`, from PyPI `mitmproxy`. stream_large_bodies: without
+    it mitmdump holds every body whole in memory (a 1 GiB download = 1 GiB RSS);
+    streaming is how it is run as a forward proxy."""
+
+    name, label = "mitmdump", "mitmdump"
+    pypi = ("mitmproxy", ["mitmproxy"], "mitmproxy")
+
+    def env(self):
+        return self.home_env()
+
+    def command(self):
+        return [self.venv / "bin" / "mitmdump", "--listen-host", LOOPBACK, "-p", self.port, "-q",
+                "--set", f"confdir={self.dir / 'confdir'}", "--set", "stream_large_bodies=1m"]
+
+
+class ProxyPy(Proxy):
+    """`proxy --hostname 127.0.0.1 --port PORT --num-acceptors 1 --num-workers 1
+    --log-level WARNING --data-dir DIR/data`, from PyPI `proxy.py`: one acceptor process
+    (beside the main one) that also does the work (threadless, local executor: its
+    defaults), on the one pinned core like the others. No access log lines (proxy.py
+    logs every request at INFO)."""
+
+    name, label = "proxypy", "proxy.py"
+    pypi = ("proxypy", ["proxy.py"], "proxy.py")
+
+    def env(self):
+        return self.home_env()
+
+    def command(self):
+        return [self.venv / "bin" / "proxy", "--hostname", LOOPBACK, "--port", self.port,
+                "--num-acceptors", "1", "--num-workers", "1", "--log-level", "WARNING",
+                "--data-dir", self.dir / "data"]
+
+
+def make_proxies(classes, a, work, origin_port, *extra):
+    """classes[name](work, a, port, origin_port, *extra) for each of a.proxies, on the ports after
+    origin_port, installed (with --no-install: as they are)."""
+    proxies = []
+    for i, name in enumerate(a.proxies):
+        px = classes[name](work, a, origin_port + 1 + i, origin_port, *extra)
+        if a.no_install:
+            px.use_installed()
+        else:
+            px.install()
+        proxies.append(px)
+    return proxies
+
+
+def launch(procs, px, res, cpu, timeout):
+    """Start px pinned to CPU and wait until it listens and after_start() is content; then
+    1 s idle and its RSS (res["rss_start_kib"]). Returns the Popen, or None with res["error"]."""
+    if not port_free(px.port):
+        res["error"] = f"port {px.port} busy"
+        return None
+    px.prepare()
+    argv = px.argv()
+    res["flags"] = px.flags
+    if getattr(px, "git", None):
+        res["git"] = px.git
+    p = procs.start(px.name, argv, cpu=cpu, cwd=px.dir, env=px.env(), logfile=px.dir / "output.log")
+    if not wait_port(px.port, p, timeout):
+        err = (f"did not listen on {px.port} within {timeout} s (exit {p.poll()}); "
+               f"see {px.dir / 'output.log'}")
+    else:
+        err = px.after_start(p)
+    if err:
+        res["error"] = err
+        log(f"{px.name}: {err}")
+        procs.stop(p)
+        return None
+    time.sleep(1.0)
+    res["rss_start_kib"] = rss_kib(p.pid)
+    return p
+
+
+# --------------------------------------------------------------- measuring
+
+
+def curl_json(argv, timeout, cpu):
+    """curl ARGV with the body dropped: (exit code, its -w %{json} as a dict, stderr)."""
+    p = run(["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{json}"] + argv, timeout=timeout,
+            check=False, cpu=cpu, quiet=True)
+    try:
+        w = json.loads(p.stdout.decode() or "{}")
+    except ValueError:
+        w = {}
+    return p.returncode, w, p.stderr.decode(errors="replace").strip()
+
+
+def download_summary(rs, *keys):
+    """Downloads' results RS: the median MB/s of the valid ones, the median of each of KEYS
+    over them, the largest RSS growth."""
+    def med(xs):
+        return statistics.median(xs) if xs else None
+    good = [r["mb_per_s"] for r in rs if r["valid"]]
+    growth = [r["rss"]["growth_kib"] for r in rs if r["rss"]]
+    out = {"median_mb_per_s": med(good), "valid_runs": len(good)}
+    for k in keys:
+        out[k] = med([r[k] for r in rs if r["valid"] and r.get(k) is not None])
+    out.update(rss_growth_kib_max=max(growth) if growth else None, runs=rs)
+    return out
+
+
+def rotated(items, i):
+    """items in a different order each round, so no proxy always runs first or last."""
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
+# ------------------------------------------------------------ a run: start, end
+
+
+def arg_parser(prog, doc):
+    """The command line's parser: DOC's first paragraph, defaults shown."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_common_args(ap, repo, client_cpu_help, origin_cpu_help, no_install_help, proxyd_ref=False):
+    """The options both benches have, from --proxy-cpu to --render (the last ones in --help)."""
+    ap.add_argument("--proxy-cpu", type=int, default=1, help="core every proxy is pinned to")
+    ap.add_argument("--client-cpu", type=int, default=0, help=client_cpu_help)
+    ap.add_argument("--origin-cpu", default=None, help=origin_cpu_help)
+    ap.add_argument("--start-timeout", type=int, default=60, help="seconds a proxy may take to listen")
+    ap.add_argument("--python", default=sys.executable, help="Python used to make the venvs")
+    ap.add_argument("--proxyd-src", default=str(repo), help="proxyd work tree to install")
+    if proxyd_ref:
+        ap.add_argument("--proxyd-ref", default=None,
+                        help="install this git commit of --proxyd-src instead of its work tree")
+    ap.add_argument("--proxyd-args", default="", help="extra arguments for `twistd proxyd`")
+    ap.add_argument("--no-install", action="store_true", help=no_install_help)
+    ap.add_argument("--upgrade", action="store_true", help="re-run pip install in the peers' venvs")
+    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved results file")
+
+
+def split_choices(ap, a, all_proxies, all_measures):
+    """--proxies and --measure as lists of known names."""
+    a.proxies = [p.strip() for p in a.proxies.split(",") if p.strip()]
+    a.measure = [m.strip() for m in a.measure.split(",") if m.strip()]
+    bad = [p for p in a.proxies if p not in all_proxies] + [m for m in a.measure if m not in all_measures]
+    if bad:
+        ap.error(f"unknown proxy or measurement: {', '.join(bad)}")
+
+
+def check_args(ap, a, ranges):
+    """Each (option, lo, hi) of RANGES within lo..hi; --origin-cpu: a core, 'none' (None) or --client-cpu."""
+    for name, lo, hi in ranges:
+        if not lo <= getattr(a, name) <= hi:
+            ap.error(f"--{name.replace('_', '-')} must be {lo}..{hi}")
+    if a.origin_cpu is None:
+        a.origin_cpu = a.client_cpu
+    elif a.origin_cpu == "none":
+        a.origin_cpu = None
+    else:
+        try:
+            a.origin_cpu = int(a.origin_cpu)
+        except ValueError:
+            ap.error("--origin-cpu: a core number or 'none'")
+
+
+def host_info():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
+
+
+def begin(procs, work, results_dir):
+    """Signals end the run (and PROCS with it, at exit); WORK and RESULTS_DIR made.
+    Returns the start time."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    atexit.register(procs.stop_all)
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return datetime.datetime.now().astimezone()
+
+
+def finish(results, out_json, render):
+    """The run's end: results saved to OUT_JSON, rendered, the table printed and saved beside it."""
+    results["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    out_json.write_text(json.dumps(results, indent=1))
+    table_text = render(results)
+    out_json.with_suffix(".txt").write_text(table_text + "\n")
+    print(table_text)
+    log(f"raw results: {out_json}")
+    return 0
+
+
+# ------------------------------------------------------------------ report
+
+
+def num(v, fmt="{:,.0f}", none="-"):
+    return none if v is None else fmt.format(v)
+
+
+def mib(kib):
+    return None if kib is None else kib / 1024
+
+
+def dig(d, *path):
+    """d[path[0]][path[1]]..., or None where a level is missing."""
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def ratio(a, b):
+    return "-" if a is None or b is None or not b else f"{a / b:.2f}x"
+
+
+def table(hdr, rows):
+    """Lines of a text table: first column left-aligned, the others right-aligned."""
+    w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)] if rows else [len(h) for h in hdr]
+    fmt = lambda r: "  ".join(str(x).rjust(w[i]) if i else str(x).ljust(w[i]) for i, x in enumerate(r))
+    return [fmt(hdr), fmt(["-" * x for x in w])] + [fmt(r) for r in rows]

@@ -22,20 +22,16 @@ process it starts is stopped on exit, Ctrl-C, SIGTERM and SIGHUP; every loop and
 wait is bounded in count and time.
 """
 
-import argparse
 import atexit
-import datetime
 import errno
 import json
 import multiprocessing
 import os
-import platform
 import re
 import resource
 import selectors
 import shlex
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -48,9 +44,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 WORK = BENCH / ".work" / "mitm"
 RESULTS = BENCH / "results"
-LOOPBACK = "127.0.0.1"
 HOSTNAME = "localhost"          # the origin's name: CONNECT target, SNI, certificate SAN
-SMALL_SIZE = 1024
 
 ALL_PROXIES = ["baseline", "proxyd", "proxyd-rsa", "mitmdump", "proxypy"]
 DEFAULT_PROXIES = ["baseline", "proxyd", "mitmdump", "proxypy"]
@@ -67,24 +61,11 @@ ISSUE_FIGURES = "mitmdump 160, proxy.py 230 new conn/s; 840 and 2,600 keep-alive
 
 import benchlib  # noqa: E402  (bench/ is on sys.path when run as a script)
 from benchlib import (  # noqa: E402
-    Procs, RssSampler, cpu_seconds, deb_version, log, pip_version, port_free, rss_kib, run,
-    wait_port,
+    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, deb_version, dig, log, mib, num, ratio, rotated,
+    rss_kib, run, table,
 )
 
 benchlib.LABEL = 'mitm bench'
-
-
-def ensure_debian(binaries, no_install):
-    return benchlib.ensure_debian(binaries, no_install, DEBIAN_PACKAGES)
-
-
-def venv(name, python, packages, upgrade=False):
-    return benchlib.venv(WORK, name, python, packages, upgrade)
-
-
-# ---------------------------------------------------------------- processes
-
-
 PROCS = Procs()
 CLIENT_PROCS = []   # multiprocessing workers alive right now (killed on exit too)
 
@@ -97,10 +78,6 @@ def _stop_clients():
     CLIENT_PROCS.clear()
 
 
-def _on_signal(signum, frame):
-    raise SystemExit(f"mitm bench: signal {signum}, stopping")
-
-
 def wait_file(path, proc=None, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,60 +87,6 @@ def wait_file(path, proc=None, timeout=30.0):
             return False
         time.sleep(0.1)
     return False
-
-
-# ------------------------------------------------------------- /proc: RSS, CPU
-
-
-# ------------------------------------------------------------------ install
-
-
-def proxyd_source(src):
-    """A copy of the work tree (tracked and untracked-but-not-ignored files, bench/ left out),
-    so that pip builds nothing inside the repo."""
-    dst = WORK / "proxyd-src"
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    files = run(["git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                timeout=60, quiet=True).stdout.split(b"\0")
-    for f in files:
-        rel = f.decode()
-        if not rel or rel.startswith("bench/"):
-            continue
-        s, d = Path(src) / rel, dst / rel
-        if s.is_file():
-            d.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(s, d)
-    return dst
-
-
-_PROXYD_VENV = []   # installed once per run, shared by proxyd and proxyd-rsa
-
-
-def install_proxyd(python, src):
-    if _PROXYD_VENV:
-        return _PROXYD_VENV[0]
-    d = venv("proxyd", python, ["wheel"])
-    tree = proxyd_source(src)
-    # dependencies (cached after the first run), then the tree itself, always reinstalled
-    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", tree], timeout=1800)
-    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--force-reinstall", tree], timeout=600)
-    _PROXYD_VENV.append(d)
-    return d
-
-
-def git_info(src):
-    def g(*a):
-        p = subprocess.run(["git", "-C", str(src)] + list(a), capture_output=True, timeout=30)
-        return p.stdout.decode().strip() if p.returncode == 0 else None
-    status = g("status", "--porcelain", "--untracked-files=no") or ""
-    untracked = (g("ls-files", "--others", "--exclude-standard") or "").splitlines()
-    return {"commit": g("rev-parse", "HEAD"), "subject": g("log", "-1", "--format=%s"),
-            "date": g("log", "-1", "--format=%cI"), "branch": g("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty_files_outside_bench": len([l for l in status.splitlines() if not l[3:].startswith("bench/")]),
-            "untracked_files_outside_bench": len([f for f in untracked if not f.startswith("bench/")])}
 
 
 # --------------------------------------------------------------- certificates
@@ -232,113 +155,37 @@ def cert_summary(der):
 
 # ------------------------------------------------------------------- origin
 
-def prepare_www(big_mib):
-    www = WORK / "www"
-    www.mkdir(parents=True, exist_ok=True)
-    small = www / "small"
-    if not small.exists() or small.stat().st_size != SMALL_SIZE:
-        small.write_bytes((b"proxyd mitm bench small response body.\n" * 64)[:SMALL_SIZE - 1] + b"\n")
-    big = www / "big"
-    size = big_mib * 1024 * 1024
-    if not big.exists() or big.stat().st_size != size:
-        if big.exists():
-            big.unlink()
-        shared = BENCH / ".work" / "www" / "big"     # run.py's, if it is there: same bytes, no copy
-        try:
-            if shared.stat().st_size == size:
-                os.link(shared, big)
-        except OSError:
-            pass
-        if not big.exists():
-            log(f"generating {big} ({big_mib} MiB of random bytes, once)")
-            tmp = big.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                for _ in range(big_mib):
-                    f.write(os.urandom(1024 * 1024))
-            tmp.rename(big)
-    for p in (WORK, www):
-        p.chmod(0o755)
-    return size
-
-
 def start_origin(port, cpu, crt, key):
-    d = WORK / "nginx"
-    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    conf = d / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(f"""\
-# HTTPS origin for proxyd bench/mitm.py: loopback only, its own paths, no system config
-{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_timeout 65;
-    keepalive_requests 10000000;
-    server {{
-        listen {LOOPBACK}:{port} ssl;
-        server_name {HOSTNAME};
-        ssl_certificate {crt};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        root {WORK}/www;
-        location / {{ }}
-    }}
-}}
-""")
-    if not port_free(port):
-        raise SystemExit(f"mitm bench: origin port {port} is busy (use --port-base)")
-    p = PROCS.start("nginx", ["nginx", "-p", f"{d}/", "-e", d / "error.log", "-c", conf], cpu=cpu,
-                    logfile=d / "stdout.log")
-    if not wait_port(port, p, 20):
-        raise SystemExit(f"mitm bench: nginx did not start; see {d}/error.log")
-    return p
+    return benchlib.start_nginx(
+        PROCS, WORK, port, cpu,
+        "HTTPS origin for proxyd bench/mitm.py: loopback only, its own paths, no system config",
+        listen=" ssl", server=[f"server_name {HOSTNAME};", f"ssl_certificate {crt};",
+                               f"ssl_certificate_key {key};", "ssl_protocols TLSv1.2 TLSv1.3;"])
 
 
 # ------------------------------------------------------------------ proxies
+#
+# benchlib.Proxy and its proxyd, mitmdump and proxy.py: install, venv, argv; here
+# what interception adds, to every proxy through Intercepting.
 
-class Proxy:
-    name = label = "?"
+class Intercepting:
+    """mitm.py's side of a proxy: constructed as cls(WORK, args, port, origin_port, origin_ca);
+    origin_ca is what it trusts upstream, ca what a client must trust to talk through it; a
+    HOME of its own; after start, ca must exist (the proxy makes it on first start)."""
 
-    def __init__(self, args, port, origin_port, origin_ca):
-        self.args, self.port, self.origin_port, self.origin_ca = args, port, origin_port, origin_ca
-        self.dir = WORK / self.name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.version = None
-        self.flags = ""
-        self.ca = None        # the CA the client must trust to talk through this proxy
-
-    def install(self):
-        pass
-
-    def prepare(self):
-        pass
-
-    def argv(self):
-        raise NotImplementedError
+    def __init__(self, work, args, port, origin_port, origin_ca):
+        super().__init__(work, args, port, origin_port)
+        self.origin_ca = origin_ca
+        self.ca = None
 
     def env(self):
-        (self.dir / "home").mkdir(exist_ok=True)
-        return dict(os.environ, HOME=str(self.dir / "home"))
+        return self.home_env()
 
     def after_start(self, proc):
-        """Wait for what the proxy writes at start (its CA). Returns an error or None."""
-        return None
+        return None if wait_file(self.ca, proc, 30) else f"no {self.ca} after start"
 
 
-class Baseline(Proxy):
+class Baseline(Intercepting, benchlib.Proxy):
     name, label = "baseline", "no proxy"
 
     def __init__(self, *a):
@@ -347,31 +194,17 @@ class Baseline(Proxy):
         self.port = None
 
 
-class Proxyd(Proxy):
-    name, label = "proxyd", "proxyd"
+class Proxyd(Intercepting, benchlib.Proxyd):
+    mode = ["--mode", "mitm"]
     leaf_key = None
-
-    def install(self):
-        self.venv = install_proxyd(self.args.python, self.args.proxyd_src)
-        self.git = git_info(self.args.proxyd_src)
-        self.version = f"{pip_version(self.venv, 'proxyd')} @{(self.git['commit'] or '?')[:10]}"
 
     def prepare(self):
         self.ca_dir = WORK / "proxyd-ca"     # proxyd makes it on first start (0700, key 0600)
         self.ca = self.ca_dir / "ca.pem"
 
-    def argv(self):
-        a = [self.venv / "bin" / "twistd", "-n", "--pidfile=", "proxyd", "--mode", "mitm",
-             "--listen", f"tcp:{self.port}:interface={LOOPBACK}", "--connect-ports", "*",
-             "--ca-dir", self.ca_dir, "--upstream-ca", self.origin_ca]
-        if self.leaf_key:
-            a += ["--leaf-key", self.leaf_key]
-        a += shlex.split(self.args.proxyd_args or "")
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
-
-    def after_start(self, proc):
-        return None if wait_file(self.ca, proc, 30) else f"no {self.ca} after start"
+    def options(self):
+        return (["--ca-dir", self.ca_dir, "--upstream-ca", self.origin_ca]
+                + (["--leaf-key", self.leaf_key] if self.leaf_key else []))
 
 
 class ProxydRsa(Proxyd):
@@ -379,37 +212,16 @@ class ProxydRsa(Proxyd):
     leaf_key = "rsa"
 
 
-class Mitmdump(Proxy):
-    name, label = "mitmdump", "mitmdump"
-
-    def install(self):
-        self.venv = venv("mitmproxy", self.args.python, ["mitmproxy"], upgrade=self.args.upgrade)
-        self.version = pip_version(self.venv, "mitmproxy")
-
+class Mitmdump(Intercepting, benchlib.Mitmdump):
     def prepare(self):
-        self.confdir = self.dir / "confdir"    # mitmproxy makes its CA here on first start
-        self.ca = self.confdir / "mitmproxy-ca-cert.pem"
+        self.ca = self.dir / "confdir" / "mitmproxy-ca-cert.pem"   # mitmproxy makes its CA there on first start
 
-    def argv(self):
-        # stream_large_bodies: otherwise mitmdump holds each body whole (1 GiB download = 1 GiB RAM).
+    def options(self):
         # ssl_verify_upstream_trusted_ca: the origin CA (upstream verification stays on).
-        a = [self.venv / "bin" / "mitmdump", "--listen-host", LOOPBACK, "-p", self.port, "-q",
-             "--set", f"confdir={self.confdir}", "--set", "stream_large_bodies=1m",
-             "--set", f"ssl_verify_upstream_trusted_ca={self.origin_ca}"]
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
-
-    def after_start(self, proc):
-        return None if wait_file(self.ca, proc, 30) else f"no {self.ca} after start"
+        return ["--set", f"ssl_verify_upstream_trusted_ca={self.origin_ca}"]
 
 
-class ProxyPy(Proxy):
-    name, label = "proxypy", "proxy.py"
-
-    def install(self):
-        self.venv = venv("proxypy", self.args.python, ["proxy.py"], upgrade=self.args.upgrade)
-        self.version = pip_version(self.venv, "proxy.py")
-
+class ProxyPy(Intercepting, benchlib.ProxyPy):
     def prepare(self):
         self.ca_key, self.ca, self.signing_key = make_proxypy_ca()
         self.cert_dir = self.dir / "certs"     # its leaf cache on disk: emptied each run
@@ -417,18 +229,11 @@ class ProxyPy(Proxy):
             shutil.rmtree(self.cert_dir)
         self.cert_dir.mkdir(parents=True)
 
-    def argv(self):
-        # One acceptor process (beside the main one) that does the work (threadless, local
-        # executor: its defaults) on the one pinned core, as in run.py. --ca-file: the bundle
-        # it verifies upstreams with (default certifi) -> the origin CA.
-        a = [self.venv / "bin" / "proxy", "--hostname", LOOPBACK, "--port", self.port,
-             "--num-acceptors", "1", "--num-workers", "1", "--log-level", "WARNING",
-             "--data-dir", self.dir / "data",
-             "--ca-key-file", self.ca_key, "--ca-cert-file", self.ca,
-             "--ca-signing-key-file", self.signing_key, "--ca-cert-dir", self.cert_dir,
-             "--ca-file", self.origin_ca]
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
+    def options(self):
+        # --ca-file: the bundle it verifies upstreams with (default certifi) -> the origin CA.
+        return ["--ca-key-file", self.ca_key, "--ca-cert-file", self.ca,
+                "--ca-signing-key-file", self.signing_key, "--ca-cert-dir", self.cert_dir,
+                "--ca-file", self.origin_ca]
 
 
 PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydRsa, Mitmdump, ProxyPy)}
@@ -925,11 +730,6 @@ def probe(target):
 
 # ---------------------------------------------------------------- measuring
 
-def _rotated(items, i):
-    k = i % len(items)
-    return items[k:] + items[:k]
-
-
 def _target(px):
     return {"proxy_port": px.port, "origin_port": px.origin_port, "ca": str(px.ca)}
 
@@ -940,7 +740,7 @@ def measure_clients(a, mode, conc, live, origin_pid):
     for px, pid in live:   # warm-up: leaves made, pools and caches filled; not counted
         run_clients(mode, _target(px), conc, min(2, a.duration), a.client_cpu, a.client_procs)
     for i in range(a.runs):
-        for px, pid in _rotated(live, i):
+        for px, pid in rotated(live, i):
             load = os.getloadavg()[0]
             r = run_clients(mode, _target(px), conc, a.duration, a.client_cpu, a.client_procs,
                             watch={"proxy": pid, "origin": origin_pid})
@@ -974,13 +774,7 @@ def measure_clients(a, mode, conc, live, origin_pid):
 
 
 def curl_json(argv, timeout, cpu):
-    p = run(["curl", "-s", "-S", "--http1.1", "-o", "/dev/null", "-w", "%{json}"] + argv,
-            timeout=timeout, check=False, cpu=cpu, quiet=True)
-    try:
-        w = json.loads(p.stdout.decode() or "{}")
-    except ValueError:
-        w = {}
-    return p.returncode, w, p.stderr.decode(errors="replace").strip()
+    return benchlib.curl_json(["--http1.1"] + argv, timeout, cpu)
 
 
 def _curl_via(px):
@@ -993,7 +787,7 @@ def measure_download(a, live, big_size, origin_pid):
     runs = {px.name: [] for px, _ in live}
     gave_up = set()
     for i in range(a.dl_runs):
-        for px, pid in _rotated(live, i):
+        for px, pid in rotated(live, i):
             if px.name in gave_up:
                 continue
             c0, o0 = (cpu_seconds(pid) if pid else None), cpu_seconds(origin_pid)
@@ -1024,18 +818,8 @@ def measure_download(a, live, big_size, origin_pid):
                 + (f", proxy core {r['proxy_cpu_share']:.2f}" if r.get("proxy_cpu_share") is not None else "")
                 + (f", client core {r['client_core_share']:.2f}" if r.get("client_core_share") is not None else "")
                 + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
-    out = {}
-    for px, _ in live:
-        rs = runs[px.name]
-        good = [r["mb_per_s"] for r in rs if r["valid"]]
-        growth = [r["rss"]["growth_kib"] for r in rs if r["rss"]]
-        def med(k):
-            xs = [r[k] for r in rs if r["valid"] and r.get(k) is not None]
-            return statistics.median(xs) if xs else None
-        out[px.name] = {"median_mb_per_s": statistics.median(good) if good else None, "valid_runs": len(good),
-                        "proxy_cpu_share": med("proxy_cpu_share"), "client_core_share": med("client_core_share"),
-                        "rss_growth_kib_max": max(growth) if growth else None, "runs": rs}
-    return out
+    return {px.name: benchlib.download_summary(runs[px.name], "proxy_cpu_share", "client_core_share")
+            for px, _ in live}
 
 
 def idle_check(live, phase, seconds=1.0):
@@ -1079,27 +863,9 @@ def start_proxy(a, px):
         res.update(ok=ok, probe=detail, leaf=leaf)
         return None, res
     res["ok"] = False
-    if not port_free(px.port):
-        res["error"] = f"port {px.port} busy"
+    p = benchlib.launch(PROCS, px, res, a.proxy_cpu, a.start_timeout)
+    if p is None:
         return None, res
-    px.prepare()
-    argv = px.argv()
-    res["flags"] = px.flags
-    if getattr(px, "git", None):
-        res["git"] = px.git
-    p = PROCS.start(px.name, argv, cpu=a.proxy_cpu, cwd=px.dir, env=px.env(), logfile=px.dir / "output.log")
-    if not wait_port(px.port, p, a.start_timeout):
-        res["error"] = f"did not listen within {a.start_timeout} s (exit {p.poll()}); see {px.dir}/output.log"
-        log(f"{px.name}: {res['error']}")
-        PROCS.stop(p)
-        return None, res
-    err = px.after_start(p)
-    if err:
-        res["error"] = err
-        PROCS.stop(p)
-        return None, res
-    time.sleep(1.0)
-    res["rss_start_kib"] = rss_kib(p.pid)
     ok, detail, leaf = probe(_target(px))
     res.update(ok=ok, probe=detail, leaf=leaf)
     log(f"{px.name}: probe {'ok' if ok else 'FAILED'} ({detail}), leaf {leaf}, "
@@ -1112,28 +878,6 @@ def start_proxy(a, px):
 
 
 # ------------------------------------------------------------------- report
-
-def _f(v, fmt="{:,.0f}", none="-"):
-    return none if v is None else fmt.format(v)
-
-
-def _get(d, *path):
-    for k in path:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def _ratio(a, b):
-    return "-" if a is None or b is None or not b else f"{a / b:.2f}x"
-
-
-def _table(hdr, rows):
-    w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)] if rows else [len(h) for h in hdr]
-    fmt = lambda r: "  ".join(str(x).rjust(w[i]) if i else str(x).ljust(w[i]) for i, x in enumerate(r))
-    return [fmt(hdr), fmt(["-" * x for x in w])] + [fmt(r) for r in rows]
-
 
 def render(results):
     m, o = results["meta"], results["meta"]["options"]
@@ -1164,14 +908,14 @@ def render(results):
         r = P[n]
         leaf = r.get("leaf") or {}
         row = [r["label"], (r.get("version") or "-")[:18], leaf.get("key") or "-",
-               _f(_get(r, "conn", "median")), _f(_get(r, "conn", "proxy_cpu_us_per_op"))]
-        row += [_f(_get(r, f"ka{c}", "median")) for c in kac]
-        row += [_f(_get(r, f"ka{kac[0]}", "proxy_cpu_us_per_op")), _f(_get(r, "dl", "median_mb_per_s")),
-                _f(_mib(_get(r, "dl", "rss_growth_kib_max")), "{:+.1f} MiB"),
-                _f(_mib(_get(r, "slow", "rss", "growth_kib")), "{:+.1f} MiB"),
-                _f(_mib(r.get("rss_start_kib")), "{:.1f} MiB")]
+               num(dig(r, "conn", "median")), num(dig(r, "conn", "proxy_cpu_us_per_op"))]
+        row += [num(dig(r, f"ka{c}", "median")) for c in kac]
+        row += [num(dig(r, f"ka{kac[0]}", "proxy_cpu_us_per_op")), num(dig(r, "dl", "median_mb_per_s")),
+                num(mib(dig(r, "dl", "rss_growth_kib_max")), "{:+.1f} MiB"),
+                num(mib(dig(r, "slow", "rss", "growth_kib")), "{:+.1f} MiB"),
+                num(mib(r.get("rss_start_kib")), "{:.1f} MiB")]
         rows.append(row)
-    L += _table(hdr, rows)
+    L += table(hdr, rows)
     for n in names:
         r = P[n]
         if r.get("error"):
@@ -1198,16 +942,16 @@ def render(results):
         rows2 = []
         for n in peers:
             r = P[n]
-            row = [r["label"], _ratio(_get(pd, "conn", "median"), _get(r, "conn", "median")),
-                   _ratio(_get(r, "conn", "proxy_cpu_us_per_op"), _get(pd, "conn", "proxy_cpu_us_per_op"))]
+            row = [r["label"], ratio(dig(pd, "conn", "median"), dig(r, "conn", "median")),
+                   ratio(dig(r, "conn", "proxy_cpu_us_per_op"), dig(pd, "conn", "proxy_cpu_us_per_op"))]
             for c in kac:
                 k = f"ka{c}"
-                row += [_ratio(_get(pd, k, "median"), _get(r, k, "median")),
-                        _ratio(_get(r, k, "proxy_cpu_us_per_op"), _get(pd, k, "proxy_cpu_us_per_op"))]
-            row.append(_ratio(_get(pd, "dl", "median_mb_per_s"), _get(r, "dl", "median_mb_per_s")))
-            row.append(_ratio(_dl_cpu_ms_per_mb(r), _dl_cpu_ms_per_mb(pd)))
+                row += [ratio(dig(pd, k, "median"), dig(r, k, "median")),
+                        ratio(dig(r, k, "proxy_cpu_us_per_op"), dig(pd, k, "proxy_cpu_us_per_op"))]
+            row.append(ratio(dig(pd, "dl", "median_mb_per_s"), dig(r, "dl", "median_mb_per_s")))
+            row.append(ratio(_dl_cpu_ms_per_mb(r), _dl_cpu_ms_per_mb(pd)))
             rows2.append(row)
-        L += _table(hdr2, rows2)
+        L += table(hdr2, rows2)
     if pd:
         L.append("")
         L.append("proxyd targets (issue 4): " + TARGETS)
@@ -1219,20 +963,20 @@ def render(results):
     b = P.get("baseline")
     if b:
         L.append("client ceiling (the same client straight to the origin, no proxy): "
-                 f"{_f(_get(b, 'conn', 'median'))} new conn/s, "
-                 + ", ".join(f"{_f(_get(b, f'ka{c}', 'median'))} keep-alive req/s c={c}" for c in kac)
-                 + f", curl {_f(_get(b, 'dl', 'median_mb_per_s'))} MB/s. Client CPU per new connection "
-                 f"{_f(_get(b, 'conn', 'client_cpu_us_per_op'))} us direct"
-                 + (f", {_f(_get(pd, 'conn', 'client_cpu_us_per_op'))} us through proxyd (CONNECT added)"
+                 f"{num(dig(b, 'conn', 'median'))} new conn/s, "
+                 + ", ".join(f"{num(dig(b, f'ka{c}', 'median'))} keep-alive req/s c={c}" for c in kac)
+                 + f", curl {num(dig(b, 'dl', 'median_mb_per_s'))} MB/s. Client CPU per new connection "
+                 f"{num(dig(b, 'conn', 'client_cpu_us_per_op'))} us direct"
+                 + (f", {num(dig(pd, 'conn', 'client_cpu_us_per_op'))} us through proxyd (CONNECT added)"
                     if pd else "") + ".")
     heads = []
     for n in names:
         if n == "baseline":
             continue
         for k in ["conn"] + [f"ka{c}" for c in kac]:
-            rate, share = _get(P[n], k, "median"), _get(P[n], k, "client_core_share")
+            rate, share = dig(P[n], k, "median"), dig(P[n], k, "client_core_share")
             if rate and share:
-                heads.append(f"{P[n]['label']} {k} {_f(rate / share)}")
+                heads.append(f"{P[n]['label']} {k} {num(rate / share)}")
     if heads:
         L.append("where core 0 (client + nginx) would be saturated, from its share at the measured rate "
                  "(the client is not the limit while a proxy's rate stays well under this): " + ", ".join(heads))
@@ -1240,8 +984,8 @@ def render(results):
     for n in names:
         if n == "baseline":
             continue
-        parts = [f"{k} {_f(_get(P[n], k, 'proxy_cpu_share'), '{:.2f}')}"
-                 f"/{_f(_get(P[n], k, 'client_core_share'), '{:.2f}')}"
+        parts = [f"{k} {num(dig(P[n], k, 'proxy_cpu_share'), '{:.2f}')}"
+                 f"/{num(dig(P[n], k, 'client_core_share'), '{:.2f}')}"
                  for k in ["conn"] + [f"ka{c}" for c in kac] + ["dl"] if P[n].get(k)]
         if parts:
             shares.append(f"{P[n]['label']}: " + ", ".join(parts))
@@ -1254,7 +998,7 @@ def render(results):
     if busy:
         L.append("  ! CPU used by proxies nobody was talking to (core share over 1 s): " + ", ".join(busy))
     loads = [x["loadavg"] for n in names for k in ["conn", "dl"] + [f"ka{c}" for c in kac]
-             for x in (_get(P[n], k, "runs") or []) if x.get("loadavg") is not None]
+             for x in (dig(P[n], k, "runs") or []) if x.get("loadavg") is not None]
     L.append(f"1-min load average at start {m['host']['loadavg_at_start'][0]:.2f}"
              + (f", during the runs {min(loads):.2f}-{max(loads):.2f} (median {statistics.median(loads):.2f})"
                 if loads else "")
@@ -1265,14 +1009,10 @@ def render(results):
     return "\n".join(L)
 
 
-def _mib(kib):
-    return None if kib is None else kib / 1024
-
-
 def _dl_cpu_ms_per_mb(r):
     """Median over valid downloads of the proxy's CPU milliseconds per MB relayed."""
     xs = [x["proxy_cpu_share"] * x["time_total"] * 1e3 / (x["size"] / 1e6)
-          for x in (_get(r, "dl", "runs") or [])
+          for x in (dig(r, "dl", "runs") or [])
           if x.get("valid") and x.get("proxy_cpu_share") and x.get("time_total") and x.get("size")]
     return statistics.median(xs) if xs else None
 
@@ -1290,48 +1030,34 @@ def check_targets(results):
         return None if a is None or b is None else a >= k * b
 
     def cpu(k, name):   # the proxy's CPU per operation: the same comparison, free of core sharing
-        return _get(P, name, k, "proxy_cpu_us_per_op")
+        return dig(P, name, k, "proxy_cpu_us_per_op")
 
-    v, mm = _get(pd, "conn", "median"), _get(P, "mitmdump", "conn", "median")
-    verdict("new conn/s >= 3x mitmdump", ge(v, mm, 3), f"{_f(v)} vs 3 x {_f(mm)}")
+    v, mm = dig(pd, "conn", "median"), dig(P, "mitmdump", "conn", "median")
+    verdict("new conn/s >= 3x mitmdump", ge(v, mm, 3), f"{num(v)} vs 3 x {num(mm)}")
     v, mm = cpu("conn", "proxyd"), cpu("conn", "mitmdump")
-    verdict("  (CPU) us per new conn <= mitmdump's / 3", ge(mm, v, 3), f"{_f(v)} vs {_f(mm)} / 3")
+    verdict("  (CPU) us per new conn <= mitmdump's / 3", ge(mm, v, 3), f"{num(v)} vs {num(mm)} / 3")
     for c in kac:
         k = f"ka{c}"
-        v, pp, mm = _get(pd, k, "median"), _get(P, "proxypy", k, "median"), _get(P, "mitmdump", k, "median")
-        verdict(f"keep-alive req/s c={c} >= proxy.py", ge(v, pp), f"{_f(v)} vs {_f(pp)}")
-        verdict(f"keep-alive req/s c={c} >= 3x mitmdump", ge(v, mm, 3), f"{_f(v)} vs 3 x {_f(mm)}")
+        v, pp, mm = dig(pd, k, "median"), dig(P, "proxypy", k, "median"), dig(P, "mitmdump", k, "median")
+        verdict(f"keep-alive req/s c={c} >= proxy.py", ge(v, pp), f"{num(v)} vs {num(pp)}")
+        verdict(f"keep-alive req/s c={c} >= 3x mitmdump", ge(v, mm, 3), f"{num(v)} vs 3 x {num(mm)}")
         v, pp, mm = cpu(k, "proxyd"), cpu(k, "proxypy"), cpu(k, "mitmdump")
-        verdict(f"  (CPU) us per request c={c} <= proxy.py's", ge(pp, v), f"{_f(v)} vs {_f(pp)}")
-        verdict(f"  (CPU) us per request c={c} <= mitmdump's / 3", ge(mm, v, 3), f"{_f(v)} vs {_f(mm)} / 3")
-    v, mm = _get(pd, "dl", "median_mb_per_s"), _get(P, "mitmdump", "dl", "median_mb_per_s")
-    verdict("download MB/s >= 1.5x mitmdump", ge(v, mm, 1.5), f"{_f(v)} vs 1.5 x {_f(mm)}")
+        verdict(f"  (CPU) us per request c={c} <= proxy.py's", ge(pp, v), f"{num(v)} vs {num(pp)}")
+        verdict(f"  (CPU) us per request c={c} <= mitmdump's / 3", ge(mm, v, 3), f"{num(v)} vs {num(mm)} / 3")
+    v, mm = dig(pd, "dl", "median_mb_per_s"), dig(P, "mitmdump", "dl", "median_mb_per_s")
+    verdict("download MB/s >= 1.5x mitmdump", ge(v, mm, 1.5), f"{num(v)} vs 1.5 x {num(mm)}")
     v, mm = _dl_cpu_ms_per_mb(pd), _dl_cpu_ms_per_mb(P.get("mitmdump"))
     verdict("  (CPU) ms per MB downloaded <= mitmdump's / 1.5", ge(mm, v, 1.5),
-            f"{_f(v, '{:.2f}')} vs {_f(mm, '{:.2f}')} / 1.5")
-    s = _get(pd, "slow", "rss", "growth_kib")
-    verdict("slow-reader RSS growth < 2 MiB", None if s is None else s < 2048, f"{_f(_mib(s), '{:+.1f}')} MiB")
+            f"{num(v, '{:.2f}')} vs {num(mm, '{:.2f}')} / 1.5")
+    s = dig(pd, "slow", "rss", "growth_kib")
+    verdict("slow-reader RSS growth < 2 MiB", None if s is None else s < 2048, f"{num(mib(s), '{:+.1f}')} MiB")
     return out
 
 
 # --------------------------------------------------------------------- main
 
-def host_info():
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
-
-
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="bench/mitm.sh", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = benchlib.arg_parser("bench/mitm.sh", __doc__)
     ap.add_argument("--proxies", default=",".join(DEFAULT_PROXIES),
                     help=f"comma-separated, from {','.join(ALL_PROXIES)} (proxyd-rsa: proxyd --leaf-key rsa)")
     ap.add_argument("--measure", default=",".join(ALL_MEASURES), help=f"comma-separated, from {','.join(ALL_MEASURES)}")
@@ -1349,44 +1075,21 @@ def parse_args(argv):
     ap.add_argument("--big-mib", type=int, default=1024, help="size of /big, MiB")
     ap.add_argument("--port-base", type=int, default=18950,
                     help="origin on this port, proxies on the next ones (127.0.0.1); run.py uses 18900+")
-    ap.add_argument("--proxy-cpu", type=int, default=1, help="core every proxy is pinned to")
-    ap.add_argument("--client-cpu", type=int, default=0, help="core for the client, curl, nginx and this script")
-    ap.add_argument("--origin-cpu", default=None,
-                    help="core for nginx (default: --client-cpu; 'none' = not pinned)")
-    ap.add_argument("--start-timeout", type=int, default=60, help="seconds a proxy may take to listen")
-    ap.add_argument("--python", default=sys.executable, help="Python used to make the venvs")
-    ap.add_argument("--proxyd-src", default=str(REPO), help="proxyd work tree to install")
-    ap.add_argument("--proxyd-args", default="", help="extra arguments for `twistd proxyd`")
-    ap.add_argument("--no-install", action="store_true", help="no apt-get; use the venvs as they are")
-    ap.add_argument("--upgrade", action="store_true", help="re-run pip install in the peers' venvs")
-    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved results file")
+    benchlib.add_common_args(ap, REPO, "core for the client, curl, nginx and this script",
+                             "core for nginx (default: --client-cpu; 'none' = not pinned)",
+                             "no apt-get; use the venvs as they are")
     a = ap.parse_args(argv)
     if a.render:
         return a
-    a.proxies = [p.strip() for p in a.proxies.split(",") if p.strip()]
-    a.measure = [m.strip() for m in a.measure.split(",") if m.strip()]
-    bad = [p for p in a.proxies if p not in ALL_PROXIES] + [m for m in a.measure if m not in ALL_MEASURES]
-    if bad:
-        ap.error(f"unknown proxy or measurement: {', '.join(bad)}")
+    benchlib.split_choices(ap, a, ALL_PROXIES, ALL_MEASURES)
     a.ka_concurrency = [int(c) for c in a.ka_concurrency.split(",") if c.strip()]
     if a.quick:
         a.runs, a.duration, a.dl_runs, a.slow_seconds = 1, 2, 1, 5
-    for name, lo, hi in (("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("slow_seconds", 2, 300),
-                         ("big_mib", 1, 16384), ("dl_max_time", 5, 3600), ("conn_concurrency", 1, 200),
-                         ("client_procs", 1, 32)):
-        if not lo <= getattr(a, name) <= hi:
-            ap.error(f"--{name.replace('_', '-')} must be {lo}..{hi}")
     if not a.ka_concurrency or any(not 1 <= c <= 200 for c in a.ka_concurrency):
         ap.error("--ka-concurrency: numbers 1..200")
-    if a.origin_cpu is None:
-        a.origin_cpu = a.client_cpu
-    elif a.origin_cpu == "none":
-        a.origin_cpu = None
-    else:
-        try:
-            a.origin_cpu = int(a.origin_cpu)
-        except ValueError:
-            ap.error("--origin-cpu: a core number or 'none'")
+    benchlib.check_args(ap, a, (("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("slow_seconds", 2, 300),
+                                ("big_mib", 1, 16384), ("dl_max_time", 5, 3600), ("conn_concurrency", 1, 200),
+                                ("client_procs", 1, 32)))
     return a
 
 
@@ -1396,42 +1099,23 @@ def main(argv=None):
     if a.render:
         print(render(json.loads(Path(a.render).read_text())))
         return 0
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
-    atexit.register(PROCS.stop_all)
+    started = benchlib.begin(PROCS, WORK, RESULTS)
     atexit.register(_stop_clients)
     try:   # this script and everything it forks (client workers, curl) stay off the proxy core
         os.sched_setaffinity(0, {a.client_cpu})
     except OSError as e:
         log(f"warning: could not pin to core {a.client_cpu}: {e}")
-    WORK.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    ensure_debian(["nginx", "curl", "openssl", "taskset"], a.no_install)
+    benchlib.ensure_debian(["nginx", "curl", "openssl", "taskset"], a.no_install, DEBIAN_PACKAGES)
 
     origin_ca, crt, key = make_origin_pki()
     origin_port = a.port_base
-    proxies = []
-    for i, name in enumerate(a.proxies):
-        px = PROXY_CLASSES[name](a, a.port_base + 1 + i, origin_port, origin_ca)
-        if a.no_install and name != "baseline":
-            px.venv = WORK / {"proxyd": "venv-proxyd", "proxyd-rsa": "venv-proxyd", "mitmdump": "venv-mitmproxy",
-                              "proxypy": "venv-proxypy"}[name]
-            if not (px.venv / "bin" / "python").exists():
-                raise SystemExit(f"mitm bench: {px.venv} missing and --no-install given")
-            px.version = pip_version(px.venv, {"mitmdump": "mitmproxy", "proxypy": "proxy.py"}.get(name, "proxyd"))
-            if name.startswith("proxyd"):
-                px.git = git_info(a.proxyd_src)
-                px.version = f"{px.version} @{(px.git['commit'] or '?')[:10]} (not reinstalled)"
-        else:
-            px.install()
-        proxies.append(px)
+    proxies = benchlib.make_proxies(PROXY_CLASSES, a, WORK, origin_port, origin_ca)
 
     results = {"meta": {
         "started": started.isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(x) for x in ["bench/mitm.sh"] + list(argv)),
-        "host": host_info(),
+        "host": benchlib.host_info(),
         "options": {"proxies": a.proxies, "measure": a.measure, "runs": a.runs, "duration": a.duration,
                     "conn_concurrency": a.conn_concurrency, "ka_concurrency": a.ka_concurrency,
                     "dl_runs": a.dl_runs, "dl_max_time": a.dl_max_time, "slow_seconds": a.slow_seconds,
@@ -1440,14 +1124,15 @@ def main(argv=None):
                     "origin_port": origin_port, "quick": a.quick},
         "versions": {"nginx": deb_version("nginx-core") or deb_version("nginx-light") or deb_version("nginx"),
                      "curl": deb_version("curl"), "openssl": deb_version("openssl")},
-        "proxyd_git": git_info(a.proxyd_src),
+        "proxyd_git": benchlib.git_info(a.proxyd_src),
     }, "proxies": {}}
     out_json = RESULTS / f"mitm-{stamp}.json"
 
     def save():
         out_json.write_text(json.dumps(results, indent=1))
 
-    big_size = prepare_www(a.big_mib)
+    big_size = benchlib.prepare_www(WORK, a.big_mib, b"proxyd mitm bench small response body.\n",
+                                    big_from=BENCH / ".work" / "www" / "big")   # run.py's, if it is there
     origin = start_origin(origin_port, a.origin_cpu, crt, key)
     live = []   # (proxy, pid or None for the baseline)
     try:
@@ -1496,14 +1181,7 @@ def main(argv=None):
             if p is not None:
                 PROCS.stop(p)
         PROCS.stop_all()
-    results["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    save()
-    table = render(results)
-    (RESULTS / f"mitm-{stamp}.txt").write_text(table + "\n")
-    print(table)
-    log(f"raw results: {out_json}")
-    return 0
-
+    return benchlib.finish(results, out_json, render)
 
 if __name__ == "__main__":
     sys.exit(main())

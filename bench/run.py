@@ -12,17 +12,12 @@ Not part of the test suite. Loopback only: every socket it opens is on
 SIGTERM/SIGHUP; every wait and loop is bounded in count and time.
 """
 
-import argparse
-import atexit
-import datetime
 import http.client
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +29,6 @@ REPO = BENCH.parent
 WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 LUA = BENCH / "wrk-proxy.lua"
-LOOPBACK = "127.0.0.1"
 
 ALL_PROXIES = ["baseline", "proxyd", "proxyd-headers", "tinyproxy", "squid", "mitmdump", "proxypy"]
 # proxyd with the bundled headers plugin on (one request and one response
@@ -49,7 +43,6 @@ DEBIAN_PACKAGES = {  # binary -> Debian package (bookworm names, checked with ap
     "tinyproxy": "tinyproxy",
     "squid": "squid",
 }
-SMALL_SIZE = 1024
 
 # Targets for proxyd from issue 3 ("How it is checked").
 TARGETS = """\
@@ -59,162 +52,21 @@ slow-reader RSS growth < 2 MiB; idle RSS < 40 MiB"""
 
 import benchlib  # noqa: E402  (bench/ is on sys.path when run as a script)
 from benchlib import (  # noqa: E402
-    Procs, RssSampler, cpu_seconds, deb_version, log, pip_version, port_free, rss_kib, run,
-    wait_port,
+    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, curl_json, deb_version, dig, log, mib, num, ratio,
+    rotated, rss_kib, run, table,
 )
 
 benchlib.LABEL = 'bench'
-
-
-def ensure_debian(binaries, no_install):
-    return benchlib.ensure_debian(binaries, no_install, DEBIAN_PACKAGES)
-
-
-def venv(name, python, packages, upgrade=False):
-    return benchlib.venv(WORK, name, python, packages, upgrade)
-
-
-# ---------------------------------------------------------------- processes
-
-
 PROCS = Procs()
-
-
-def _on_signal(signum, frame):
-    raise SystemExit(f"bench: signal {signum}, stopping")
-
-
-# ---------------------------------------------------------------------- RSS
-
-
-# ------------------------------------------------------------------ install
-
-
-def proxyd_source(src, ref):
-    """Copy of the proxyd tree to install from, so nothing is built inside the repo.
-
-    Without ref: the work tree as it is (tracked and untracked-but-not-ignored files).
-    With ref: `git archive REF`.
-    """
-    dst = WORK / "proxyd-src"
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    if ref:
-        arch = run(["git", "-C", src, "archive", "--format=tar", ref], timeout=120, quiet=True).stdout
-        subprocess.run(["tar", "-x", "-C", dst], input=arch, check=True, timeout=120)
-    else:
-        files = run(["git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                    timeout=60, quiet=True).stdout.split(b"\0")
-        for f in files:
-            if not f:
-                continue
-            rel = f.decode()
-            if rel.startswith("bench/"):
-                continue
-            s, d = Path(src) / rel, dst / rel
-            if s.is_file():
-                d.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(s, d)
-    return dst
-
-
-def git_info(src, ref=None):
-    """Which proxyd is measured: a commit (--proxyd-ref) or the work tree at HEAD plus its changes."""
-    def g(*a):
-        p = subprocess.run(["git", "-C", str(src)] + list(a), capture_output=True, timeout=30)
-        return p.stdout.decode().strip() if p.returncode == 0 else None
-    rev = ref or "HEAD"
-    info = {"commit": g("rev-parse", f"{rev}^{{commit}}"), "subject": g("log", "-1", "--format=%s", rev),
-            "date": g("log", "-1", "--format=%cI", rev),
-            "branch": ref if ref else g("rev-parse", "--abbrev-ref", "HEAD"),
-            "source": f"git archive {ref}" if ref else "work tree"}
-    if ref:
-        info["dirty_files_outside_bench"] = info["untracked_files_outside_bench"] = 0
-        return info
-    status = g("status", "--porcelain", "--untracked-files=no") or ""
-    dirty = [l for l in status.splitlines() if not l[3:].startswith("bench/")]
-    untracked = (g("ls-files", "--others", "--exclude-standard") or "").splitlines()
-    untracked = [f for f in untracked if not f.startswith("bench/")]
-    info["dirty_files_outside_bench"] = len(dirty)
-    info["untracked_files_outside_bench"] = len(untracked)
-    return info
-
-
-def install_proxyd(python, src, ref):
-    d = venv("proxyd", python, ["h11", "httptools", "wheel"])
-    tree = proxyd_source(src, ref)
-    # deps once (cached), then the tree itself every run so the bench measures what is there now
-    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", tree], timeout=1800)
-    run([d / "bin" / "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--force-reinstall", tree], timeout=600)
-    return d
+PROXYD_DEPS = ["h11", "httptools", "wheel"]   # venv-proxyd: parsers.py runs there too
 
 
 # ------------------------------------------------------------------- origin
 
-def prepare_origin(big_mib):
-    www = WORK / "www"
-    www.mkdir(parents=True, exist_ok=True)
-    small = www / "small"
-    if not small.exists() or small.stat().st_size != SMALL_SIZE:
-        small.write_bytes((b"proxyd bench small response body.\n" * 64)[:SMALL_SIZE - 1] + b"\n")
-    big = www / "big"
-    size = big_mib * 1024 * 1024
-    if not big.exists() or big.stat().st_size != size:
-        log(f"generating {big} ({big_mib} MiB, once)")
-        tmp = big.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for _ in range(big_mib):
-                f.write(os.urandom(1024 * 1024))
-        tmp.rename(big)
-    for p in (WORK, www):
-        p.chmod(0o755)
-    small.chmod(0o644)
-    big.chmod(0o644)
-    return size
-
-
 def start_origin(port, cpu):
-    d = WORK / "nginx"
-    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    conf = d / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(f"""\
-# origin for proxyd bench/run.py: loopback only, its own paths, no system config
-{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_timeout 65;
-    keepalive_requests 10000000;
-    server {{
-        listen {LOOPBACK}:{port};
-        root {WORK}/www;
-        location / {{ }}
-    }}
-}}
-""")
-    if not port_free(port):
-        raise SystemExit(f"bench: origin port {port} is busy (use --port-base)")
-    p = PROCS.start("nginx", ["nginx", "-p", f"{d}/", "-e", d / "error.log", "-c", conf], cpu=cpu,
-                    logfile=d / "stdout.log")
-    if not wait_port(port, p, 20):
-        raise SystemExit(f"bench: nginx did not start; see {d}/error.log")
+    p = benchlib.start_nginx(PROCS, WORK, port, cpu,
+                             "origin for proxyd bench/run.py: loopback only, its own paths, no system config",
+                             tcp_nopush=True)
     c = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
     c.request("GET", "/small")
     r = c.getresponse()
@@ -226,74 +78,50 @@ http {{
 
 
 # ------------------------------------------------------------------ proxies
+#
+# benchlib.Proxy and its proxyd, mitmdump and proxy.py: install, venv, argv; here
+# what run.py adds. Each is constructed as cls(WORK, args, port, origin_port).
 
-class Proxy:
-    """How to install, configure and start one proxy."""
-
-    name = "?"
-    label = "?"
-
-    def __init__(self, args, port, origin_port):
-        self.args, self.port, self.origin_port = args, port, origin_port
-        self.dir = WORK / self.name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.version = None
-        self.flags = ""
-
-    def install(self):
-        pass
-
-    def argv(self):
-        raise NotImplementedError
-
-    def env(self):
-        return None
-
-    def prepare(self):
-        pass
-
-
-class Baseline(Proxy):
+class Baseline(benchlib.Proxy):
     name, label = "baseline", "no proxy"
 
 
-class Proxyd(Proxy):
-    name, label = "proxyd", "proxyd"
-
-    def install(self):
-        self.git = git_info(self.args.proxyd_src, self.args.proxyd_ref)
-        self.venv = install_proxyd(self.args.python, self.args.proxyd_src, self.args.proxyd_ref)
-        (self.venv / ".proxyd-source.json").write_text(json.dumps(self.git))
-        self.version = pip_version(self.venv, "proxyd")
-        if self.git["commit"]:
-            self.version = f"{self.version} @{self.git['commit'][:10]}"
-
-    def argv(self):
-        extra = shlex.split(self.args.proxyd_args or "")
-        a = [self.venv / "bin" / "twistd", "-n", "--pidfile=", "proxyd",
-             "--listen", f"tcp:{self.port}:interface={LOOPBACK}", "--connect-ports", "*"] + extra
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
+class Proxyd(benchlib.Proxyd):
+    deps = PROXYD_DEPS
 
 
 class ProxydHeaders(Proxyd):
     name, label = "proxyd-headers", "proxyd+headers"
 
     def argv(self):
-        a = Proxyd.argv(self) + ["--plugin", HEADERS_PLUGIN]
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
+        return self.record(Proxyd.argv(self) + ["--plugin", HEADERS_PLUGIN])
 
 
-class Tinyproxy(Proxy):
-    name, label = "tinyproxy", "tinyproxy"
+class DebianProxy(benchlib.Proxy):
+    """A proxy from its Debian package, run as COMMAND + its config file (made by conf())
+    in the foreground; flags: those arguments and SUMMARY, what the config sets."""
+
+    command_head = summary = None
 
     def install(self):
-        self.version = deb_version("tinyproxy")
+        self.version = deb_version(self.name)
 
     def prepare(self):
-        conf = self.dir / "tinyproxy.conf"
-        conf.write_text(f"""\
+        self.conf = self.dir / f"{self.name}.conf"
+        self.conf.write_text(self.conf_text())
+
+    def argv(self):
+        self.flags = f"{' '.join(self.command_head[1:])} {self.conf.name} ({self.summary})"
+        return self.command_head + [self.conf]
+
+
+class Tinyproxy(DebianProxy):
+    name, label = "tinyproxy", "tinyproxy"
+    command_head = ["tinyproxy", "-d", "-c"]
+    summary = "Port, Listen, Allow 127.0.0.1, ConnectPort origin, LogLevel Warning"
+
+    def conf_text(self):
+        return f"""\
 # proxyd bench/run.py: loopback only, no syslog, no per-request logging
 Port {self.port}
 Listen {LOOPBACK}
@@ -304,23 +132,16 @@ MaxClients 100
 LogFile "{self.dir}/tinyproxy.log"
 LogLevel Warning
 PidFile "{self.dir}/tinyproxy.pid"
-""")
-        self.conf = conf
-
-    def argv(self):
-        self.flags = f"-d -c {self.conf.name} (Port, Listen, Allow 127.0.0.1, ConnectPort origin, LogLevel Warning)"
-        return ["tinyproxy", "-d", "-c", self.conf]
+"""
 
 
-class Squid(Proxy):
+class Squid(DebianProxy):
     name, label = "squid", "squid"
+    command_head = ["squid", "-N", "-f"]
+    summary = "http_port 127.0.0.1, allow localhost, CONNECT to origin port, cache deny all, access_log none"
 
-    def install(self):
-        self.version = deb_version("squid")
-
-    def prepare(self):
-        conf = self.dir / "squid.conf"
-        conf.write_text(f"""\
+    def conf_text(self):
+        return f"""\
 # proxyd bench/run.py: loopback only, no cache, own pid/log paths
 http_port {LOOPBACK}:{self.port}
 acl bench_clients src {LOOPBACK}/32
@@ -339,66 +160,26 @@ netdb_filename none
 pinger_enable off
 shutdown_lifetime 1 seconds
 logfile_rotate 0
-""")
-        self.conf = conf
+"""
+
+    def prepare(self):
+        DebianProxy.prepare(self)
         if os.geteuid() == 0:
             # squid refuses to run as root; it drops to its cache_effective_user ("proxy")
             shutil.chown(self.dir, "proxy", "proxy")
             for f in self.dir.iterdir():
                 shutil.chown(f, "proxy", "proxy")
 
-    def argv(self):
-        self.flags = f"-N -f {self.conf.name} (http_port 127.0.0.1, allow localhost, CONNECT to origin port, cache deny all, access_log none)"
-        return ["squid", "-N", "-f", self.conf]
 
-
-class Mitmdump(Proxy):
-    name, label = "mitmdump", "mitmdump"
-
-    def install(self):
-        self.venv = venv("mitmproxy", self.args.python, ["mitmproxy"], upgrade=self.args.upgrade)
-        self.version = pip_version(self.venv, "mitmproxy")
-
-    def env(self):
-        (self.dir / "home").mkdir(exist_ok=True)
-        return dict(os.environ, HOME=str(self.dir / "home"))
-
-    def argv(self):
-        # stream_large_bodies: without it mitmdump holds every body whole in memory
-        # (a 1 GiB download = 1 GiB RSS); streaming is how it is run as a forward proxy.
+class Mitmdump(benchlib.Mitmdump):
+    def options(self):
         # ignore_hosts for the origin: the CONNECT tunnel is passed through blind, as
         # proxyd's, tinyproxy's and squid's are (mitmproxy would otherwise parse the
         # HTTP inside the tunnel).
-        a = [self.venv / "bin" / "mitmdump", "--listen-host", LOOPBACK, "-p", self.port, "-q",
-             "--set", f"confdir={self.dir}/confdir", "--set", "stream_large_bodies=1m",
-             "--set", f"ignore_hosts=^{re.escape(LOOPBACK)}:{self.origin_port}$"]
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
+        return ["--set", f"ignore_hosts=^{re.escape(LOOPBACK)}:{self.origin_port}$"]
 
 
-class ProxyPy(Proxy):
-    name, label = "proxypy", "proxy.py"
-
-    def install(self):
-        self.venv = venv("proxypy", self.args.python, ["proxy.py"], upgrade=self.args.upgrade)
-        self.version = pip_version(self.venv, "proxy.py")
-
-    def env(self):
-        (self.dir / "home").mkdir(exist_ok=True)
-        return dict(os.environ, HOME=str(self.dir / "home"))
-
-    def argv(self):
-        # One acceptor process (beside the main one) that also does the work (threadless,
-        # local executor: the defaults), on the one pinned core like the others. No access log
-        # lines (proxy.py logs every request at INFO).
-        a = [self.venv / "bin" / "proxy", "--hostname", LOOPBACK, "--port", self.port,
-             "--num-acceptors", "1", "--num-workers", "1", "--log-level", "WARNING",
-             "--data-dir", self.dir / "data"]
-        self.flags = " ".join(str(x) for x in a[1:])
-        return a
-
-
-PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydHeaders, Tinyproxy, Squid, Mitmdump, ProxyPy)}
+PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydHeaders, Tinyproxy, Squid, Mitmdump, benchlib.ProxyPy)}
 
 
 # -------------------------------------------------------------- measuring
@@ -430,16 +211,6 @@ def probe_plain(port, origin_port):
         return True, keepalive, "ok"
     except (OSError, http.client.HTTPException) as e:
         return False, None, f"{type(e).__name__}: {e}"
-
-
-def curl_json(argv, timeout, cpu):
-    p = run(["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{json}"] + argv, timeout=timeout,
-            check=False, cpu=cpu, quiet=True)
-    try:
-        w = json.loads(p.stdout.decode() or "{}")
-    except ValueError:
-        w = {}
-    return p.returncode, w, p.stderr.decode(errors="replace").strip()
 
 
 def probe_connect(port, origin_port, cpu):
@@ -480,12 +251,6 @@ def wrk_once(a, port, origin_port, conc, duration, direct, pid=None):
     return r
 
 
-def _rotated(targets, i):
-    """targets in a different order each round, so no proxy always runs first or last."""
-    k = i % len(targets)
-    return targets[k:] + targets[:k]
-
-
 def measure_rps(a, targets):
     """targets: [(proxy, pid or None)]. Returns {proxy name: rps results}.
 
@@ -498,7 +263,7 @@ def measure_rps(a, targets):
             wrk_once(a, px.port, px.origin_port, conc, 1, px.name == "baseline")
         runs = {px.name: [] for px, _ in targets}
         for i in range(a.runs):
-            for px, pid in _rotated(targets, i):
+            for px, pid in rotated(targets, i):
                 r = wrk_once(a, px.port, px.origin_port, conc, a.duration, px.name == "baseline", pid)
                 runs[px.name].append(r)
                 log(f"{px.name} rps c={conc} run {i + 1}/{a.runs}: "
@@ -540,21 +305,14 @@ def measure_connect(a, targets, big_size):
     """targets: [(proxy, pid or None)], interleaved like measure_rps."""
     runs = {px.name: [] for px, _ in targets}
     for i in range(a.connect_runs):
-        for px, pid in _rotated(targets, i):
+        for px, pid in rotated(targets, i):
             r = connect_once(a, px, pid, big_size)
             runs[px.name].append(r)
             log(f"{px.name} CONNECT run {i + 1}/{a.connect_runs}: "
                 + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"invalid ({r['error']})")
                 + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
-    out = {}
-    for px, _ in targets:
-        rs = runs[px.name]
-        good = [r["mb_per_s"] for r in rs if r["valid"]]
-        growth = [r["rss"]["growth_kib"] for r in rs if r["rss"]]
-        out[px.name] = {"median_mb_per_s": statistics.median(good) if good else None,
-                        "valid_runs": len(good),
-                        "rss_growth_kib_max": max(growth) if growth else None, "runs": rs}
-    return out
+    return {px.name: benchlib.download_summary(runs[px.name])
+            for px, _ in targets}
 
 
 def measure_slow(a, px, pid, tunnel):
@@ -584,23 +342,9 @@ def start_proxy(a, px):
         res["plain_ok"] = res["connect_ok"] = True
         return None, res
     res["plain_ok"] = res["connect_ok"] = False
-    if not port_free(px.port):
-        res["error"] = f"port {px.port} busy"
+    p = benchlib.launch(PROCS, px, res, a.proxy_cpu, a.start_timeout)
+    if p is None:
         return None, res
-    px.prepare()
-    argv = px.argv()
-    res["flags"] = px.flags
-    if isinstance(px, Proxyd):
-        res["git"] = px.git
-    p = PROCS.start(px.name, argv, cpu=a.proxy_cpu, cwd=px.dir, env=px.env(), logfile=px.dir / "output.log")
-    if not wait_port(px.port, p, a.start_timeout):
-        res["error"] = (f"did not listen on {px.port} within {a.start_timeout} s (exit {p.poll()}); "
-                        f"see {px.dir / 'output.log'}")
-        log(f"{px.name}: {res['error']}")
-        PROCS.stop(p)
-        return None, res
-    time.sleep(1.0)
-    res["rss_start_kib"] = rss_kib(p.pid)
     ok, keepalive, detail = probe_plain(px.port, px.origin_port)
     res["plain_ok"], res["client_keepalive"] = ok, keepalive
     cok, cdetail = probe_connect(px.port, px.origin_port, a.client_cpu)
@@ -680,29 +424,13 @@ def bench_interleaved(a, proxies, big_size, results, save):
 def run_parsers(a):
     d = WORK / "venv-proxyd"
     if not (d / "bin" / "python").exists():
-        d = venv("proxyd", a.python, ["h11", "httptools", "wheel"])
+        d = benchlib.venv(WORK, "proxyd", a.python, PROXYD_DEPS)
     argv = [d / "bin" / "python", BENCH / "parsers.py", "--json", "-"] + (["--quick"] if a.quick else [])
     p = run(argv, timeout=900, cpu=a.proxy_cpu)
     return json.loads(p.stdout.decode().strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------- report
-
-def _f(v, fmt="{:,.0f}", none="-"):
-    return none if v is None else fmt.format(v)
-
-
-def _mib(kib):
-    return None if kib is None else kib / 1024
-
-
-def _get(d, *path):
-    for k in path:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
 
 def render(results):
     lines = []
@@ -738,22 +466,22 @@ def render(results):
         row = [r["label"], (r.get("version") or "-")[:22],
                "-" if n == "baseline" else ("yes" if ka else ("no" if ka is False else "?"))]
         for c in concs:
-            row.append(_f(_get(r, "rps", f"c{c}", "median")))
-        row.append(_f(_get(r, "rps", f"c{cmax}", "cpu_us_per_req_median")))
-        row.append(_f(_get(r, "connect", "median_mb_per_s")))
-        row.append(_f(_mib(r.get("rss_start_kib")), "{:.1f} MiB"))
-        row.append(_f(_mib(_get(r, "connect", "rss_growth_kib_max")), "{:+.1f} MiB"))
-        row.append(_f(_mib(_get(r, "slow_tunnel", "rss", "growth_kib")), "{:+.1f} MiB"))
-        row.append(_f(_mib(_get(r, "slow_plain", "rss", "growth_kib")), "{:+.1f} MiB"))
+            row.append(num(dig(r, "rps", f"c{c}", "median")))
+        row.append(num(dig(r, "rps", f"c{cmax}", "cpu_us_per_req_median")))
+        row.append(num(dig(r, "connect", "median_mb_per_s")))
+        row.append(num(mib(r.get("rss_start_kib")), "{:.1f} MiB"))
+        row.append(num(mib(dig(r, "connect", "rss_growth_kib_max")), "{:+.1f} MiB"))
+        row.append(num(mib(dig(r, "slow_tunnel", "rss", "growth_kib")), "{:+.1f} MiB"))
+        row.append(num(mib(dig(r, "slow_plain", "rss", "growth_kib")), "{:+.1f} MiB"))
         rows.append(row)
-    lines += _table(hdr, rows)
+    lines += table(hdr, rows)
     errs = [(P[n]["label"], P[n][k]) for n in names for k in ("error", "connect_error") if P[n].get(k)]
     for lab, e in errs:
         lines.append(f"  ! {lab}: {e}")
     inval = []
     for n in names:
         for c in concs:
-            v = _get(P[n], "rps", f"c{c}")
+            v = dig(P[n], "rps", f"c{c}")
             if v and v["valid_runs"] < len(v["runs"]):
                 bad = [r.get("error") for r in v["runs"] if not r.get("valid")]
                 inval.append(f"  ! {P[n]['label']} c={c}: {len(bad)} invalid run(s): {bad[0]}")
@@ -775,15 +503,15 @@ def render(results):
                 continue
             row = [P[n]["label"]]
             for c in concs:
-                row.append(_ratio(_get(P[n], "rps", f"c{c}", "median"), _get(base, "rps", f"c{c}", "median")))
-            row.append(_ratio(_get(P[n], "connect", "median_mb_per_s"), _get(base, "connect", "median_mb_per_s")))
+                row.append(ratio(dig(P[n], "rps", f"c{c}", "median"), dig(base, "rps", f"c{c}", "median")))
+            row.append(ratio(dig(P[n], "connect", "median_mb_per_s"), dig(base, "connect", "median_mb_per_s")))
             rows2.append(row)
-        lines += _table(hdr2, rows2)
+        lines += table(hdr2, rows2)
     pd = P.get("proxyd")
     ph = P.get("proxyd-headers")
     if pd and ph:
         lines.append("")
-        cells = ["req/s c={}: {}".format(c, _ratio(_get(ph, "rps", f"c{c}", "median"), _get(pd, "rps", f"c{c}", "median")))
+        cells = ["req/s c={}: {}".format(c, ratio(dig(ph, "rps", f"c{c}", "median"), dig(pd, "rps", f"c{c}", "median")))
                  for c in concs]
         lines.append("plugin cost (proxyd+headers / proxyd; target >= 0.8): " + ", ".join(cells))
     if pd and [n for n in names if n not in ("baseline", "proxyd", "proxyd-headers")]:
@@ -797,16 +525,16 @@ def render(results):
                 continue
             row = [P[n]["label"]]
             for c in concs:
-                row.append(_ratio(_get(pd, "rps", f"c{c}", "median"), _get(P[n], "rps", f"c{c}", "median")))
+                row.append(ratio(dig(pd, "rps", f"c{c}", "median"), dig(P[n], "rps", f"c{c}", "median")))
             k = f"c{max(concs)}"
-            row.append(_ratio(_get(P[n], "rps", k, "cpu_us_per_req_median"), _get(pd, "rps", k, "cpu_us_per_req_median")))
-            row.append(_ratio(_get(pd, "connect", "median_mb_per_s"), _get(P[n], "connect", "median_mb_per_s")))
+            row.append(ratio(dig(P[n], "rps", k, "cpu_us_per_req_median"), dig(pd, "rps", k, "cpu_us_per_req_median")))
+            row.append(ratio(dig(pd, "connect", "median_mb_per_s"), dig(P[n], "connect", "median_mb_per_s")))
             a, b = pd.get("rss_start_kib"), P[n].get("rss_start_kib")
             row.append("-" if a is None or b is None else f"{(a - b) / 1024:+.1f} MiB")
-            a, b = _get(pd, "slow_plain", "rss", "growth_kib"), _get(P[n], "slow_plain", "rss", "growth_kib")
+            a, b = dig(pd, "slow_plain", "rss", "growth_kib"), dig(P[n], "slow_plain", "rss", "growth_kib")
             row.append("-" if a is None or b is None else f"{(a - b) / 1024:+.1f} MiB")
             rows3.append(row)
-        lines += _table(hdr3, rows3)
+        lines += table(hdr3, rows3)
     if pd:
         lines.append("")
         lines.append("proxyd targets (issue 3): " + TARGETS.replace("\n", " "))
@@ -822,7 +550,7 @@ def render(results):
     lines.append("")
     shares = []
     for n in names:
-        v = _get(P[n], "rps", f"c{max(concs)}")
+        v = dig(P[n], "rps", f"c{max(concs)}")
         if v and v.get("runs"):
             sh = v.get("cpu_share_median")
             if sh is None:   # results saved before cpu_share_median existed
@@ -846,18 +574,6 @@ def render(results):
     return "\n".join(lines)
 
 
-def _ratio(a, b):
-    if a is None or b is None or not b:
-        return "-"
-    return f"{a / b:.2f}x"
-
-
-def _table(hdr, rows):
-    w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)] if rows else [len(h) for h in hdr]
-    fmt = lambda r: "  ".join(str(x).rjust(w[i]) if i > 0 else str(x).ljust(w[i]) for i, x in enumerate(r))
-    return [fmt(hdr), fmt(["-" * x for x in w])] + [fmt(r) for r in rows]
-
-
 def check_targets(results):
     P = results["proxies"]
     pd = P["proxyd"]
@@ -866,47 +582,33 @@ def check_targets(results):
     def verdict(name, ok, detail):
         out.append(f"{'-' if ok is None else ('met ' if ok else 'MISS')}  {name}: {detail}")
 
-    v, pp, mm = (_get(pd, "rps", "c50", "median"), _get(P, "proxypy", "rps", "c50", "median"),
-                 _get(P, "mitmdump", "rps", "c50", "median"))
+    v, pp, mm = (dig(pd, "rps", "c50", "median"), dig(P, "proxypy", "rps", "c50", "median"),
+                 dig(P, "mitmdump", "rps", "c50", "median"))
     verdict("req/s c=50 >= proxy.py", None if v is None or pp is None else v >= pp,
-            f"{_f(v)} vs {_f(pp)}")
-    cv, cp = _get(pd, "rps", "c50", "cpu_us_per_req_median"), _get(P, "proxypy", "rps", "c50", "cpu_us_per_req_median")
+            f"{num(v)} vs {num(pp)}")
+    cv, cp = dig(pd, "rps", "c50", "cpu_us_per_req_median"), dig(P, "proxypy", "rps", "c50", "cpu_us_per_req_median")
     verdict("CPU per request c=50 <= proxy.py's (the same target, free of core sharing)",
-            None if cv is None or cp is None else cv <= cp, f"{_f(cv)} vs {_f(cp)} us")
+            None if cv is None or cp is None else cv <= cp, f"{num(cv)} vs {num(cp)} us")
     verdict("req/s c=50 >= 5x mitmdump", None if v is None or mm is None else v >= 5 * mm,
-            f"{_f(v)} vs 5 x {_f(mm)}")
-    c, b = _get(pd, "connect", "median_mb_per_s"), _get(P, "baseline", "connect", "median_mb_per_s")
+            f"{num(v)} vs 5 x {num(mm)}")
+    c, b = dig(pd, "connect", "median_mb_per_s"), dig(P, "baseline", "connect", "median_mb_per_s")
     verdict("CONNECT >= 0.9x no proxy", None if c is None or b is None else c >= 0.9 * b,
-            f"{_f(c)} vs 0.9 x {_f(b)} MB/s")
-    s = _get(pd, "slow_plain", "rss", "growth_kib")
+            f"{num(c)} vs 0.9 x {num(b)} MB/s")
+    s = dig(pd, "slow_plain", "rss", "growth_kib")
     verdict("slow-reader RSS growth < 2 MiB (plain)", None if s is None else s < 2048,
-            f"{_f(_mib(s), '{:+.1f}')} MiB")
-    s = _get(pd, "slow_tunnel", "rss", "growth_kib")
+            f"{num(mib(s), '{:+.1f}')} MiB")
+    s = dig(pd, "slow_tunnel", "rss", "growth_kib")
     verdict("slow-reader RSS growth < 2 MiB (tunnel)", None if s is None else s < 2048,
-            f"{_f(_mib(s), '{:+.1f}')} MiB")
+            f"{num(mib(s), '{:+.1f}')} MiB")
     s = pd.get("rss_start_kib")
-    verdict("idle RSS < 40 MiB", None if s is None else s < 40 * 1024, f"{_f(_mib(s), '{:.1f}')} MiB")
+    verdict("idle RSS < 40 MiB", None if s is None else s < 40 * 1024, f"{num(mib(s), '{:.1f}')} MiB")
     return out
 
 
 # --------------------------------------------------------------------- main
 
-def host_info():
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
-
-
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = benchlib.arg_parser("bench/run.sh", __doc__)
     ap.add_argument("--proxies", default=",".join(ALL_PROXIES),
                     help=f"comma-separated, from {','.join(ALL_PROXIES)}")
     ap.add_argument("--measure", "--only", dest="measure", default=",".join(ALL_MEASURES),
@@ -925,45 +627,20 @@ def parse_args(argv):
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the big file, MiB")
     ap.add_argument("--port-base", type=int, default=18900,
                     help="origin on this port, proxies on the next ones (127.0.0.1)")
-    ap.add_argument("--proxy-cpu", type=int, default=1, help="core every proxy is pinned to")
-    ap.add_argument("--client-cpu", type=int, default=0, help="core for wrk, curl and the nginx origin")
-    ap.add_argument("--origin-cpu", default=None,
-                    help="core for the nginx origin (default: --client-cpu; 'none' = not pinned)")
-    ap.add_argument("--start-timeout", type=int, default=60, help="seconds a proxy may take to listen")
-    ap.add_argument("--python", default=sys.executable, help="Python used to make the venvs")
-    ap.add_argument("--proxyd-src", default=str(REPO), help="proxyd work tree to install")
-    ap.add_argument("--proxyd-ref", default=None,
-                    help="install this git commit of --proxyd-src instead of its work tree")
-    ap.add_argument("--proxyd-args", default="", help="extra arguments for `twistd proxyd`")
-    ap.add_argument("--no-install", action="store_true", help="do not apt-get or pip anything")
-    ap.add_argument("--upgrade", action="store_true", help="re-run pip install in the peers' venvs")
-    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved results file")
+    benchlib.add_common_args(ap, REPO, "core for wrk, curl and the nginx origin",
+                             "core for the nginx origin (default: --client-cpu; 'none' = not pinned)",
+                             "do not apt-get or pip anything", proxyd_ref=True)
     a = ap.parse_args(argv)
     if a.render:
         return a
-    a.proxies = [p.strip() for p in a.proxies.split(",") if p.strip()]
-    a.measure = [m.strip() for m in a.measure.split(",") if m.strip()]
-    bad = [p for p in a.proxies if p not in ALL_PROXIES] + [m for m in a.measure if m not in ALL_MEASURES]
-    if bad:
-        ap.error(f"unknown proxy or measurement: {', '.join(bad)}")
+    benchlib.split_choices(ap, a, ALL_PROXIES, ALL_MEASURES)
     a.concurrency = [int(c) for c in a.concurrency.split(",") if c.strip()]
     if a.quick:
         a.runs, a.duration, a.connect_runs, a.slow_seconds = 1, 2, 1, 5
-    for name, lo, hi in (("runs", 1, 50), ("duration", 1, 120), ("connect_runs", 1, 20),
-                         ("slow_seconds", 2, 300), ("big_mib", 1, 16384), ("connect_max_time", 5, 3600)):
-        if not lo <= getattr(a, name) <= hi:
-            ap.error(f"--{name.replace('_', '-')} must be {lo}..{hi}")
     if not a.concurrency or any(not 1 <= c <= 1000 for c in a.concurrency):
         ap.error("--concurrency: numbers 1..1000")
-    if a.origin_cpu is None:
-        a.origin_cpu = a.client_cpu
-    elif a.origin_cpu == "none":
-        a.origin_cpu = None
-    else:
-        try:
-            a.origin_cpu = int(a.origin_cpu)
-        except ValueError:
-            ap.error("--origin-cpu: a core number or 'none'")
+    benchlib.check_args(ap, a, (("runs", 1, 50), ("duration", 1, 120), ("connect_runs", 1, 20),
+                                ("slow_seconds", 2, 300), ("big_mib", 1, 16384), ("connect_max_time", 5, 3600)))
     if (os.cpu_count() or 1) < 2 and a.proxy_cpu == a.client_cpu:
         log("warning: one core only; proxy and load generator share it")
     return a
@@ -974,45 +651,22 @@ def main(argv=None):
     if a.render:
         print(render(json.loads(Path(a.render).read_text())))
         return 0
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
-    atexit.register(PROCS.stop_all)
-    WORK.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
+    started = benchlib.begin(PROCS, WORK, RESULTS)
     stamp = started.strftime("%Y%m%d-%H%M%S")
 
     need = {"curl", "taskset"}
     if {"rps", "connect", "rss"} & set(a.measure) and [p for p in a.proxies]:
         need |= {"nginx", "wrk"}
     need |= {p for p in a.proxies if p in ("tinyproxy", "squid")}
-    ensure_debian(sorted(need), a.no_install)
+    benchlib.ensure_debian(sorted(need), a.no_install, DEBIAN_PACKAGES)
 
     origin_port = a.port_base
-    proxies = []
-    for i, name in enumerate(a.proxies):
-        px = PROXY_CLASSES[name](a, a.port_base + 1 + i, origin_port)
-        if not a.no_install or name in ("baseline", "tinyproxy", "squid"):
-            px.install()
-        else:
-            px.venv = WORK / {"proxyd": "venv-proxyd", "proxyd-headers": "venv-proxyd",
-                              "mitmdump": "venv-mitmproxy", "proxypy": "venv-proxypy"}[name]
-            if not (px.venv / "bin" / "python").exists():
-                raise SystemExit(f"bench: {px.venv} missing and --no-install given")
-            px.version = pip_version(px.venv, {"proxyd": "proxyd", "proxyd-headers": "proxyd", "mitmdump": "mitmproxy",
-                                               "proxypy": "proxy.py"}[name])
-            if name == "proxyd":
-                # what the last install put there, not what the tree holds now
-                mark = px.venv / ".proxyd-source.json"
-                px.git = json.loads(mark.read_text()) if mark.exists() else {"commit": None}
-                if px.git.get("commit"):
-                    px.version = f"{px.version} @{px.git['commit'][:10]}"
-        proxies.append(px)
+    proxies = benchlib.make_proxies(PROXY_CLASSES, a, WORK, origin_port)
 
     results = {"meta": {
         "started": started.isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(x) for x in ["bench/run.sh"] + (sys.argv[1:] if argv is None else argv)),
-        "host": host_info(),
+        "host": benchlib.host_info(),
         "options": {"proxies": a.proxies, "measure": a.measure, "runs": a.runs, "duration": a.duration,
                     "concurrency": a.concurrency, "connect_runs": a.connect_runs,
                     "slow_seconds": a.slow_seconds, "big_mib": a.big_mib, "proxy_cpu": a.proxy_cpu,
@@ -1037,7 +691,7 @@ def main(argv=None):
         save()
 
     if {"rps", "connect", "rss"} & set(a.measure) and proxies:
-        big_size = prepare_origin(a.big_mib)
+        big_size = benchlib.prepare_www(WORK, a.big_mib, b"proxyd bench small response body.\n")
         start_origin(origin_port, a.origin_cpu)
         if a.interleave:
             bench_interleaved(a, proxies, big_size, results, save)
@@ -1045,14 +699,7 @@ def main(argv=None):
             bench_in_turn(a, proxies, big_size, results, save)
         PROCS.stop_all()
 
-    results["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    save()
-    table = render(results)
-    (RESULTS / f"bench-{stamp}.txt").write_text(table + "\n")
-    print(table)
-    log(f"raw results: {out_json}")
-    return 0
-
+    return benchlib.finish(results, out_json, render)
 
 if __name__ == "__main__":
     sys.exit(main())
