@@ -75,6 +75,7 @@ def addVia(headers, version=b"1.1"):
 # What plugins may not decide: hop-by-hop and framing headers (proxyd's)
 # and Host (which proxyd writes first, from the request).
 _NOT_FROM_PLUGINS = HOP_BY_HOP | FRAMING | frozenset([b"host"])
+_NOT_FROM_PLUGINS_RESPONSE = HOP_BY_HOP | FRAMING
 
 
 def toHeaders(pairs):
@@ -83,6 +84,96 @@ def toHeaders(pairs):
     for name, value in pairs:
         headers.addRawHeader(name, value)
     return headers
+
+
+# Filling plugin-visible Headers runs twice per exchange whenever a plugin
+# is on, and Headers.addRawHeader re-checks each name and value.  proxyd's
+# parser has already refused what those checks clean up (line breaks in
+# values, names that are not tokens), so where this Twisted keeps its
+# headers in a name -> values dict under the names addRawHeader makes
+# (checked once below, against the public API), proxyd fills that dict
+# directly; anywhere else it uses the public API.
+_canonical = {}
+
+
+def _canonicalName(name):
+    """C{name} spelt as L{Headers} keys it, learnt from Headers once per spelling (bounded)."""
+    probe = Headers()
+    probe.addRawHeader(name, b"")
+    (key,) = probe._rawHeaders
+    if len(_canonical) >= 4096:
+        _canonical.clear()  # a hostile client's endless spellings
+    _canonical[name] = key
+    return key
+
+
+def _fillDirect(headers, pairs):
+    """Add wire C{pairs} to a fresh L{Headers} (see above)."""
+    raw = headers._rawHeaders
+    canonical = _canonical
+    for name, value in pairs:
+        key = canonical.get(name) or _canonicalName(name)
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+    return headers
+
+
+def _fillsLikeTwisted():
+    sample = [(b"content-TYPE", b"a"), (b"X-Two", b"1"), (b"x-two", b"2"), (b"Etag", b"e")]
+    public = Headers()
+    for name, value in sample:
+        public.addRawHeader(name, value)
+    try:
+        fast = _fillDirect(Headers(), sample)
+        return type(fast._rawHeaders) is dict and fast._rawHeaders == public._rawHeaders and (
+            fast.getRawHeaders(b"x-two") == [b"1", b"2"]
+        )
+    except Exception:
+        return False
+    finally:
+        _canonical.clear()
+
+
+def _fillPublic(headers, pairs):
+    """Add wire C{pairs} to L{Headers} through its public API."""
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+_fill = _fillDirect if _fillsLikeTwisted() else _fillPublic
+
+
+def requestHeaders(head, host):
+    """
+    The L{Headers} request hooks see, in one pass over the wire pairs:
+    C{Host: host} first, then the end-to-end headers without framing ones;
+    C{Upgrade} is kept on a GET that asks for one (a WebSocket handshake).
+    """
+    wire = head.headers
+    named = connectionTokens(wire)
+    keepUpgrade = head.method == b"GET"
+    pairs = [(b"Host", host)]
+    pairs += [
+        (name, value)
+        for name, value in wire
+        if not ((lname := name.lower()) in _NOT_FROM_PLUGINS or lname in named)
+        or (keepUpgrade and lname == b"upgrade")
+    ]
+    return _fill(Headers(), pairs)
+
+
+def responseHeaders(wire):
+    """The L{Headers} response hooks see: end-to-end, no framing headers."""
+    named = connectionTokens(wire)
+    return _fill(Headers(), [
+        (name, value)
+        for name, value in wire
+        if not ((lname := name.lower()) in _NOT_FROM_PLUGINS_RESPONSE or lname in named)
+    ])
 
 
 def wirePairs(headers, keepUpgrade=False):

@@ -46,31 +46,29 @@ class HookRunner:
         self.clock = clock
         self.timeout = timeout
 
-    def run(self, items, call, answer, subject, label=None, hookName=None, start=0):
+    def run(self, items, args, answer, subject, hookName, start=0):
         """
-        C{call(item)} for each item in order from C{start}; C{answer(item,
-        value)} returns True to stop.
+        Each C{fn(*args)} of C{items}, pairs of (stage, fn), in order from
+        C{start}; C{answer(stage, value)} is asked about every value other
+        than None (no opinion) and returns True to stop.
 
-        @param call: returns the hook's answer; L{hook} makes one for stages.
         @return: None when every hook answered at once, else a Deferred
             firing with None or failing with L{PluginError}.
         @raise PluginError: a hook failed synchronously (logged here).
         """
-        if label is None:
-            label = _stageLabel
-        if hookName is None:
-            hookName = call.hookName
         for index in range(start, len(items)):
-            item = items[index]
+            stage, fn = items[index]
             try:
-                value = call(item)
+                value = fn(*args)
             except PluginError:
                 raise
             except Exception:
-                raise self.hookFailed(Failure(), label(item), hookName, subject)
-            if isinstance(value, Deferred):
-                return self._wait(items, call, answer, subject, label, hookName, index, value)
-            if answer(item, value):
+                raise self.hookFailed(Failure(), stage.label, hookName, subject)
+            if value is None:
+                continue
+            if isDeferred(value):
+                return self._wait(items, args, answer, subject, hookName, index, value)
+            if answer(stage, value):
                 return None
         return None
 
@@ -88,14 +86,14 @@ class HookRunner:
             "plugin {} failed in {}: {} (traceback in the proxyd log)".format(plugin, hookName, failure.type.__name__),
         )
 
-    def _wait(self, items, call, answer, subject, label, hookName, index, pending):
+    def _wait(self, items, args, answer, subject, hookName, index, pending):
         """
         The hook of C{items[index]} returned C{pending}: wait for it (within
         the time limit), then L{run} the rest.  Cancelling the Deferred
         returned cancels what is being waited for, quietly.
         """
-        item = items[index]
-        plugin = label(item)
+        stage = items[index][0]
+        plugin = stage.label
         waiting = [pending]
         cancelled = []
 
@@ -109,10 +107,10 @@ class HookRunner:
             if cancelled:
                 return
             try:
-                if answer(item, value):
+                if value is not None and answer(stage, value):
                     done.callback(None)
                     return
-                rest = self.run(items, call, answer, subject, label, hookName, index + 1)
+                rest = self.run(items, args, answer, subject, hookName, index + 1)
             except PluginError as e:
                 done.errback(e)
                 return
@@ -148,25 +146,27 @@ class HookRunner:
         return done
 
 
+# Deferred is an abc (Awaitable), so isinstance() on it is slow; hooks'
+# answers come from a handful of classes, each looked at once.
+_deferredClasses = {type(None): False}
+
+
+def isDeferred(value):
+    """C{isinstance(value, Deferred)}, fast on the hot path."""
+    cls = type(value)
+    known = _deferredClasses.get(cls)
+    if known is None:
+        known = isinstance(value, Deferred)
+        if len(_deferredClasses) < 1000:
+            _deferredClasses[cls] = known
+    return known
+
+
 def then(result, f):
     """C{f(result)} now, or once the Deferred C{result} fires."""
-    if isinstance(result, Deferred):
+    if isDeferred(result):
         return result.addCallback(f)
     return f(result)
-
-
-def hook(name, *args):
-    """A C{call} for L{HookRunner.run}: the named hook of each stage's rewriter."""
-
-    def call(stage):
-        return getattr(stage.rewriter, name)(*args)
-
-    call.hookName = name
-    return call
-
-
-def _stageLabel(stage):
-    return stage.label
 
 
 def _timedOut(result, timeout):

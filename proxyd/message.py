@@ -55,6 +55,17 @@ class Request:
     body = attr.ib(default=None)
     version = attr.ib(default=b"1.1")
 
+    @classmethod
+    def new(cls, method, url, headers, version):
+        """proxyd's own constructor, for values already of the right types."""
+        self = cls.__new__(cls)
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = None
+        self.version = version
+        return self
+
     @property
     def _parts(self):
         return urlsplit(self.url.decode("latin-1"))
@@ -112,6 +123,16 @@ class Response:
     body = attr.ib(default=None, converter=lambda b: None if b is None else _bytes(b))
 
     @classmethod
+    def new(cls, status, reason, headers):
+        """proxyd's own constructor, for a streamed upstream response."""
+        self = cls.__new__(cls)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = None
+        return self
+
+    @classmethod
     def make(cls, status, body=b"", headers=None, reason=b""):
         """A complete response to answer with (block, mock, redirect)."""
         return cls(status, reason or statusPhrase(status), headers, body)
@@ -158,6 +179,19 @@ class Flow:
     notes = attr.ib(factory=dict)
     started = attr.ib(default=0.0)
     id = attr.ib(factory=lambda: next(_flowIds))
+
+    @classmethod
+    def new(cls, request, mode, client, started):
+        """proxyd's own constructor (one per request with plugins on)."""
+        self = cls.__new__(cls)
+        self.request = request
+        self.mode = mode
+        self.client = client
+        self.response = None
+        self.notes = {}
+        self.started = started
+        self.id = next(_flowIds)
+        return self
 
 
 @attr.s(slots=True, frozen=True)

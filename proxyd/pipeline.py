@@ -16,7 +16,7 @@ from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from proxyd.hooks import HookRunner, PluginError, hook, then
+from proxyd.hooks import HookRunner, PluginError, then
 
 from proxyd.interfaces import (
     INTERCEPT,
@@ -103,6 +103,10 @@ class Pipeline:
         self.responseStages = tuple(s for s in self.stages if IResponseRewriter.providedBy(s.rewriter))
         self.connectStages = tuple(s for s in self.stages if IConnectPolicy.providedBy(s.rewriter))
         self.active = bool(self.requestStages or self.responseStages)
+        # (stage, bound hook) pairs, made once: what HookRunner.run calls.
+        self._requestHeads = tuple((s, s.rewriter.requestHead) for s in self.requestStages)
+        self._responseHeads = tuple((s, s.rewriter.responseHead) for s in self.responseStages)
+        self._connectDecisions = tuple((s, s.rewriter.connectDecision) for s in self.connectStages)
 
     # Heads
 
@@ -116,8 +120,6 @@ class Pipeline:
         steps = []
 
         def answer(stage, value):
-            if value is None:
-                return False
             if _isResponse(value):
                 _complete(value)
                 flow.response = value
@@ -127,8 +129,10 @@ class Pipeline:
                 return False
             raise _bad(stage, "requestHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        ran = self.runner.run(self.requestStages, hook("requestHead", flow), answer, flow)
-        return then(ran, lambda _: Plan(flow.response, steps))
+        ran = self.runner.run(self._requestHeads, (flow,), answer, flow, "requestHead")
+        if ran is None:
+            return Plan(flow.response, steps)
+        return ran.addCallback(lambda _: Plan(flow.response, steps))
 
     def responseHead(self, flow):
         """
@@ -143,8 +147,6 @@ class Pipeline:
         replaced = []
 
         def answer(stage, value):
-            if value is None:
-                return False
             if value is READ_BODY or IBodyFilter.providedBy(value):
                 steps.append((stage, value))
                 return False
@@ -155,8 +157,10 @@ class Pipeline:
                 return False
             raise _bad(stage, "responseHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
-        ran = self.runner.run(self.responseStages, hook("responseHead", flow), answer, flow)
-        return then(ran, lambda _: Plan(replaced[-1] if replaced else None, steps))
+        ran = self.runner.run(self._responseHeads, (flow,), answer, flow, "responseHead")
+        if ran is None:
+            return Plan(replaced[-1] if replaced else None, steps)
+        return ran.addCallback(lambda _: Plan(replaced[-1] if replaced else None, steps))
 
     # Whole bodies
 
@@ -183,19 +187,18 @@ class Pipeline:
         return self._runBody(flow, flow.response, plan.steps, "responseBody", False)
 
     def _runBody(self, flow, message, steps, hook, stopOnResponse):
-        def call(step):
-            stage, how = step
-            current = flow.request if stopOnResponse else flow.response
-            if how is READ_BODY:
-                return getattr(stage.rewriter, hook)(flow, current.body)
-            return self.filterWhole([step], current.body, flow)
+        def current():
+            return flow.request if stopOnResponse else flow.response
 
-        def answer(step, value):
-            stage = step[0]
-            if value is None:
-                return False
+        def reader(method):
+            return lambda: method(flow, current().body)
+
+        def filterer(step):
+            return lambda: self.filterWhole([step], current().body, flow)
+
+        def answer(stage, value):
             if isinstance(value, bytes):
-                (flow.request if stopOnResponse else flow.response).body = value
+                current().body = value
                 return False
             if _isResponse(value):
                 _complete(value)
@@ -203,7 +206,11 @@ class Pipeline:
                 return stopOnResponse
             raise _bad(stage, hook, value, "None, bytes or a Response")
 
-        return self.runner.run(steps, call, answer, flow, label=lambda step: step[0].label, hookName=hook)
+        items = [
+            (stage, reader(getattr(stage.rewriter, hook)) if how is READ_BODY else filterer((stage, how)))
+            for stage, how in steps
+        ]
+        return self.runner.run(items, (), answer, flow, hook)
 
     def madeResponse(self, flow):
         """
@@ -293,8 +300,6 @@ class Pipeline:
         decision = []
 
         def answer(stage, value):
-            if value is None:
-                return False
             if value in (INTERCEPT, TUNNEL) or isinstance(value, Deny):
                 decision.append(value)
                 return True
@@ -304,7 +309,7 @@ class Pipeline:
             return succeed(None)
         return maybeDeferred(
             lambda: then(
-                self.runner.run(self.connectStages, hook("connectDecision", target), answer, target),
+                self.runner.run(self._connectDecisions, (target,), answer, target, "connectDecision"),
                 lambda _: decision[0] if decision else None,
             )
         )

@@ -12,15 +12,15 @@ a whole body, the original length for length-keeping filters, chunked
 otherwise.
 """
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from proxyd import h1
 from proxyd.exchange import HttpExchange
 from proxyd.urls import DEFAULT_PORTS, formatAuthority, splitURL
 from proxyd.errors import ProxyError, statusPhrase
-from proxyd.headers import FRAMING, addVia, endToEnd, toHeaders, wirePairs
+from proxyd.headers import FRAMING, addVia, requestHeaders, responseHeaders, wirePairs
 from proxyd.message import Flow, Request, Response
+from proxyd.hooks import isDeferred
 from proxyd.pipeline import PluginError
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -37,44 +37,44 @@ class PluginExchange(HttpExchange):
 
     _log = Logger()
 
+    # Per-exchange state, at its class defaults until an exchange needs it
+    # (an instance sets only what it uses: this runs for every request).
+    flow = None
+    waiting = None  # the pipeline Deferred in flight
+    requestPlan = None
+    requestFilters = None
+    requestBuffer = None
+    pendingBody = None  # buffered chunks to send after the head
+    wholeBody = None
+    responsePlan = None
+    responseFilters = None
+    responseBuffer = None
+    bufferSize = 0
+    promisedLength = None  # Content-Length sent for a filtered body
+    sentLength = 0
+    lostWhileHeld = None  # (reason, conn): the upstream closed during response hooks
+    upstreamHeld = False
+
     def __init__(self, channel, head, host, port, path, hostHeader, tlsName=None):
         HttpExchange.__init__(self, channel, head, host, port, path, hostHeader, tlsName)
         self.pipeline = channel.factory.pipeline
-        self.flow = None
-        self.waiting = None  # the pipeline Deferred in flight
-        self.requestPlan = None
-        self.requestFilters = None
-        self.requestBuffer = None
-        self.pendingBody = None  # buffered chunks to send after the head
-        self.wholeBody = None
-        self.responsePlan = None
-        self.responseFilters = None
-        self.responseBuffer = None
-        self.bufferSize = 0
-        self.promisedLength = None  # Content-Length sent for a filtered body
-        self.sentLength = 0
-        self.lostWhileHeld = None  # (reason, conn): the upstream closed during response hooks
-        self.upstreamHeld = False
 
     # Request head
 
     def start(self):
         head = self.head
-        if self.tlsName is not None or self.channel.origin is not None:
+        channel = self.channel
+        if self.tlsName is not None or channel.origin is not None:
             scheme, default = (b"https", 443) if self.tlsName is not None else (b"http", 80)
             url = scheme + b"://" + formatAuthority(self.tlsName or self.host, self.port, default) + self.path
         else:
             url = b"http://" + self.hostHeader + self.path
-        upgrade = head.method == b"GET" and any(n.lower() == b"upgrade" for n, _ in head.headers)
-        pairs = [(n, v) for (n, v) in endToEnd(head.headers, keepUpgrade=upgrade, keepFraming=False)
-                 if n.lower() not in (b"host", b"connection")]
-        pairs.insert(0, (b"Host", self.hostHeader))
         self.originalURL = url
-        self.flow = Flow(
-            Request(head.method, url, toHeaders(pairs), None, head.version),
-            mode=self.channel.config.mode,
-            client=self.channel.client,
-            started=self.clock.seconds(),
+        self.flow = Flow.new(
+            Request.new(head.method, url, requestHeaders(head, self.hostHeader), head.version),
+            channel.config.mode,
+            channel.client,
+            channel.startTime,
         )
         self._step(self._requestPlanned, self.pipeline.requestHead, self.flow)
 
@@ -86,16 +86,17 @@ class PluginExchange(HttpExchange):
         """
         try:
             result = run(*args)
+            if not isDeferred(result):
+                if not self.done:
+                    then(result)
+                return
         except PluginError as e:
             self._pluginError(e)
             return
-        if isinstance(result, Deferred):
-            if onWait is not None:
-                onWait()
-            self.waiting = result
-            result.addCallbacks(self._resumed, self._pluginFailed, (then,))
-            return
-        self._resumed(result, then)
+        if onWait is not None:
+            onWait()
+        self.waiting = result
+        result.addCallbacks(self._resumed, self._pluginFailed, (then,))
 
     def _resumed(self, result, then):
         self.waiting = None
@@ -136,18 +137,19 @@ class PluginExchange(HttpExchange):
             self._answer()
             return
         self.requestPlan = plan
+        steps = plan.steps  # usually empty: no plugin wants the body
         if self.head.framing == h1.NO_BODY:
-            if plan.filters:
+            if steps and plan.filters:
                 self.pipeline.filterEnd(plan.filters, self.flow)
             self._route()
-        elif plan.readers:
+        elif steps and plan.readers:
             self.requestBuffer = []
             self.flow.request.headers.removeHeader(b"expect")
             if self.head.expectContinue:
                 self.channel.transport.write(CONTINUE)
             self.channel.releaseRequest()
         else:
-            self.requestFilters = plan.filters or None
+            self.requestFilters = (plan.filters or None) if steps else None
             self._route()
 
     def _route(self):
@@ -283,8 +285,7 @@ class PluginExchange(HttpExchange):
             return
         self.responseHead = head
         self.status = head.status
-        pairs = endToEnd(head.headers, keepFraming=False)
-        self.flow.response = Response(head.status, head.reason or statusPhrase(head.status), toHeaders(pairs))
+        self.flow.response = Response.new(head.status, head.reason or statusPhrase(head.status), responseHeaders(head.headers))
         self._step(self._responsePlanned, self.pipeline.responseHead, self.flow, onWait=self._holdUpstream)
 
     def _holdUpstream(self):
@@ -309,7 +310,10 @@ class PluginExchange(HttpExchange):
         self.responsePlan = plan
         lost, self.lostWhileHeld = self.lostWhileHeld, None
         head = self.responseHead
-        if head.framing == h1.NO_BODY:
+        steps = plan.steps  # usually empty: no plugin wants the body
+        if not steps:
+            self._streamHead(None)
+        elif head.framing == h1.NO_BODY:
             if plan.filters:
                 self.pipeline.filterEnd(plan.filters, self.flow)
             self._streamHead(None)
@@ -349,7 +353,7 @@ class PluginExchange(HttpExchange):
         if framing == h1.NO_BODY:
             # HEAD and 304 responses keep the upstream's framing headers.
             headers.extend((n, v) for (n, v) in head.headers if n.lower() in FRAMING)
-        elif framing == h1.LENGTH and all(f.keepsLength for _, f in filters or ()):
+        elif framing == h1.LENGTH and (filters is None or all(f.keepsLength for _, f in filters)):
             headers.append((b"Content-Length", b"%d" % (head.length,)))
             if filters:
                 self.promisedLength = head.length
@@ -359,6 +363,9 @@ class PluginExchange(HttpExchange):
 
     def upstreamEvent(self, kind, value):
         if kind == h1.BODY and self.responseHead is not None and self.responseHead.status != 101:
+            if self.responseFilters is None and self.responseBuffer is None:
+                HttpExchange.upstreamEvent(self, kind, value)  # the common case: relayed as is
+                return
             self._responseBody(value)
         elif kind == h1.END and (self.responseBuffer is not None or self.responseFilters is not None):
             self._filteredEnd()

@@ -171,3 +171,67 @@ class AddViaTests(SynchronousTestCase):
         self.assertEqual(
             [v for n, v in headers if n.lower() == b"via"], [b"1.1 upstream-cache", b"1.1 proxyd"]
         )
+
+
+class PluginViewTests(SynchronousTestCase):
+    """
+    requestHeaders/responseHeaders: what hooks see, filled straight into
+    Headers where Twisted allows; the result must equal the public API's.
+    """
+
+    def _head(self, method, pairs):
+        from proxyd.h1heads import RequestHead
+
+        head = RequestHead.__new__(RequestHead)
+        head.method = method
+        head.headers = pairs
+        return head
+
+    def test_requestView(self):
+        from proxyd.headers import requestHeaders
+
+        wire = [
+            (b"host", b"ignored"), (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"),
+            (b"content-length", b"3"), (b"accept", b"*/*"), (b"X-Two", b"a"), (b"x-two", b"b"),
+            (b"Upgrade", b"websocket"), (b"Proxy-Authorization", b"secret"),
+        ]
+        headers = requestHeaders(self._head(b"GET", wire), b"example.com")
+        self.assertEqual(
+            list(headers.getAllRawHeaders()),
+            [(b"Host", [b"example.com"]), (b"Accept", [b"*/*"]), (b"X-Two", [b"a", b"b"]), (b"Upgrade", [b"websocket"])],
+        )
+        # Upgrade only survives on a GET.
+        post = requestHeaders(self._head(b"POST", wire), b"example.com")
+        self.assertFalse(post.hasHeader(b"upgrade"))
+
+    def test_responseView(self):
+        from proxyd.headers import responseHeaders
+
+        wire = [(b"Transfer-Encoding", b"chunked"), (b"Connection", b"close, X-Gone"), (b"X-Gone", b"1"),
+                (b"ETag", b'"e"'), (b"set-cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
+        headers = responseHeaders(wire)
+        self.assertEqual(headers.getRawHeaders(b"etag"), [b'"e"'])
+        self.assertEqual(headers.getRawHeaders(b"Set-Cookie"), [b"a=1", b"b=2"])
+        self.assertFalse(headers.hasHeader(b"transfer-encoding"))
+        self.assertFalse(headers.hasHeader(b"x-gone"))
+
+    def test_directFillEqualsPublicAPI(self):
+        """The shortcut builds exactly what addRawHeader would, names and order alike."""
+        from twisted.web.http_headers import Headers
+
+        from proxyd import headers as module
+
+        self.assertIs(module._fill, module._fillDirect, "this Twisted should allow the direct fill")
+        pairs = [(b"content-type", b"a"), (b"X-FOO-bar", b"1"), (b"x-foo-BAR", b"2"), (b"Www-Authenticate", b"w"), (b"dnt", b"1")]
+        self.assertEqual(
+            list(module._fillDirect(Headers(), pairs).getAllRawHeaders()),
+            list(module._fillPublic(Headers(), pairs).getAllRawHeaders()),
+        )
+
+    def test_spellingCacheBounded(self):
+        from twisted.web.http_headers import Headers
+
+        from proxyd import headers as module
+
+        module._fillDirect(Headers(), [(b"X-N%d" % i, b"v") for i in range(5000)])
+        self.assertLessEqual(len(module._canonical), 4096)
