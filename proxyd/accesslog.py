@@ -175,6 +175,9 @@ def describeTarget(work, head, origin):
         return target
     if head is None:
         return "-"
+    url = getattr(work, "publicURL", None)  # reverse mode
+    if url is not None:
+        return url.decode("latin-1")
     target = head.target.decode("latin-1")
     if origin is not None and target.startswith("/"):
         tlsName, host, port = origin

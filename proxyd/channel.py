@@ -22,6 +22,7 @@ from proxyd.tlsconfig import sslReason
 from proxyd.exchange import HttpExchange, _Pauser
 from proxyd.mitm import Interception, innerExchange
 from proxyd.accesslog import accessRecord, describeTarget
+from proxyd.reverse import reverseExchange
 from proxyd.selfpages import respond
 from proxyd.tunnel import Tunnel
 from proxyd.urls import parseAbsoluteURL, parseConnectTarget
@@ -55,6 +56,8 @@ class ProxyChannel(Protocol):
         self.denied = None  # (status, reason) for every request inside a denied tunnel
         self.interception = None
         self.tlsEstablished = False
+        self.tlsPending = False  # TLS with the client, not yet up
+        self.peerSettled = True
         self.factory = factory
         self.config = factory.config
         self.clock = factory.clock
@@ -84,22 +87,32 @@ class ProxyChannel(Protocol):
     # Connection
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.client = getattr(peer, "host", None) or "unix"
         if self.origin is None:
             self.factory.connectionOpened(self)
             noDelay = getattr(self.transport, "setTcpNoDelay", None)
             if noDelay is not None:
                 noDelay(True)
-            self.allowed = self.factory.clientPolicy.allows(self.client) if hasattr(peer, "host") else True
+            self._learnPeer()
+            # Behind a haproxy: listener the PROXY header, which names the
+            # real client, has not arrived yet: look again at the first head.
+            self.peerSettled = False
+            self.tlsPending = self.factory.listenerTLS is not None
         else:
+            self.client = getattr(self.transport.getPeer(), "host", None) or "unix"
             self.allowed = True  # the CONNECT was already admitted
+            self.peerSettled = True
+            self.tlsPending = self.origin[0] is not None
         now = self.clock.seconds()
         self.lastActivity = now
         self._setDeadline(HEAD, now + self.config.headerTimeout)
 
+    def _learnPeer(self):
+        peer = self.transport.getPeer()
+        self.client = getattr(peer, "host", None) or "unix"
+        self.allowed = self.factory.clientPolicy.allows(self.client) if hasattr(peer, "host") else True
+
     def handshakeCompleted(self):
-        """TLS with the client is up (inner channels of intercepted CONNECTs)."""
+        """TLS with the client is up (a TLS listener, or an intercepted CONNECT)."""
         self.tlsEstablished = True
 
     def dataReceived(self, data):
@@ -143,13 +156,16 @@ class ProxyChannel(Protocol):
     def connectionLost(self, reason=ConnectionDone()):
         if self.origin is None:
             self.factory.connectionClosed(self)
-        elif self.origin[0] is not None and not self.tlsEstablished:
-            self._log.info(
-                "TLS with client {client} for {name} failed (does it trust proxyd's CA?): {why}",
-                client=self.client,
-                name=self.origin[0],
-                why=sslReason(reason.value),
-            )
+        if self.tlsPending and not self.tlsEstablished:
+            if self.origin is None:
+                self._log.info("TLS handshake with client {client} failed: {why}", client=self.client, why=sslReason(reason.value))
+            else:
+                self._log.info(
+                    "TLS with client {client} for {name} failed (does it trust proxyd's CA?): {why}",
+                    client=self.client,
+                    name=self.origin[0],
+                    why=sslReason(reason.value),
+                )
         self.state = CLOSING
         if self.interception is not None:
             interception, self.interception = self.interception, None
@@ -222,6 +238,9 @@ class ProxyChannel(Protocol):
         self.upstreamAddress = None
         self._setDeadline(BUSY, now + self.config.idleTimeout)
         self.holdRequest()
+        if not self.peerSettled:
+            self.peerSettled = True
+            self._learnPeer()
         try:
             if not self.allowed:
                 self._log.info("Refused client {client}: not in --allow", client=self.client)
@@ -230,6 +249,8 @@ class ProxyChannel(Protocol):
                 raise ProxyError(*self.denied)
             if self.origin is not None:
                 work = innerExchange(self, head)
+            elif self.factory.router is not None:
+                work = reverseExchange(self, head)
             elif head.method == b"CONNECT":
                 host, port = parseConnectTarget(head.target)
                 work = Tunnel(self, host, port)
@@ -439,12 +460,12 @@ class ProxyChannel(Protocol):
         self._timedOut(state)
 
     def _timedOut(self, state):
-        if state == HEAD and self.origin is not None and self.origin[0] is not None and not self.tlsEstablished:
+        if state == HEAD and self.tlsPending and not self.tlsEstablished:
             # A TLS shutdown cannot happen mid-handshake: abort.
             self._log.info(
-                "Client {client} did not finish the TLS handshake for {name} within {t:g}s; closing",
+                "Client {client} did not finish the TLS handshake{name} within {t:g}s; closing",
                 client=self.client,
-                name=self.origin[0],
+                name=" for " + self.origin[0] if self.origin is not None else "",
                 t=self.config.headerTimeout,
             )
             self.tlsEstablished = True  # logged once; connectionLost need not log again

@@ -21,6 +21,7 @@ import attr
 
 from proxyd.configfile import OPTIONS, ConfigError, merge, readFile
 from proxyd.configlisten import EndpointError, checkListen
+from proxyd.configsite import siteFields
 from proxyd.policy import (
     AddressPolicy,
     PortSet,
@@ -32,12 +33,11 @@ if TYPE_CHECKING:  # proxyd.ca is imported only when mode is mitm
     from proxyd.ca import CertificateAuthority
 
 __all__ = [
-    "MODES", "IMPLEMENTED_MODES", "DEFAULT_LISTEN", "MAX_HEADER_SIZE", "MIN_HEADER_SIZE",
+    "MODES", "DEFAULT_LISTEN", "MAX_HEADER_SIZE", "MIN_HEADER_SIZE",
     "ConfigError", "ProxyConfig", "OPTIONS", "fromOptions", "readFile", "merge", "build",
 ]
 
 MODES = ("forward", "mitm", "reverse")
-IMPLEMENTED_MODES = ("forward", "mitm")
 DEFAULT_LISTEN = {
     "forward": "tcp:8080:interface=127.0.0.1",
     "mitm": "tcp:8080:interface=127.0.0.1",
@@ -80,6 +80,12 @@ class ProxyConfig:
     pluginWarnings: tuple = ()  # one line per plugin module that failed to import
     maxBodyBuffer: int = 10 * 1024 * 1024
     pluginTimeout: float = 30.0
+    # the listener's own TLS (every mode) and reverse mode's backends
+    serverTLS: object = None  # proxyd.tlsserver.ServerTLS
+    tlsMin: str = "1.2"
+    clientCA: "str | None" = None
+    upstreams: tuple = ()  # proxyd.backends.Backend, round robin
+    routes: tuple = ()  # (host glob, Backend), in --route order
 
     @addressPolicy.default
     def _defaultAddressPolicy(self):
@@ -166,6 +172,7 @@ def build(values, sources, reactor, configFile=None):
     if "upstream-ca" in values and not fields["upstreamInsecure"]:
         # Without --upstream-ca, trustRoot stays None: the platform's store.
         fields["trustRoot"] = check("upstream-ca", _trustRoot)
+    fields.update(siteFields(values, mode, check, ConfigError))
     if "leaf-key" in values:
         fields["leafKey"] = check("leaf-key", _choice, ("ecdsa", "rsa"))
     if ("ca-cert" in values) != ("ca-key" in values):
@@ -265,10 +272,6 @@ def _addressPolicy(values, listen):
 def _mode(value):
     if value not in MODES:
         raise ValueError(f"expected forward, mitm or reverse, got {value!r}")
-    if value not in IMPLEMENTED_MODES:
-        raise ValueError(
-            f"{value!r} is not available yet in this version (only 'forward' and 'mitm')"
-        )
     return value
 
 

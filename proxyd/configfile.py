@@ -56,6 +56,13 @@ OPTIONS = {
     "plugin-path": _LIST,
     "max-body-buffer": _SIZE,
     "plugin-timeout": _NUMBER,
+    "tls-cert": _LIST,
+    "tls-key": _LIST,
+    "tls-min": _STR,
+    "client-ca": _STR,
+    "tls-key-password-file": _STR,
+    "upstream": _LIST,
+    "route": _LIST,
 }
 
 # Options that set one thing two ways: the command line giving either one

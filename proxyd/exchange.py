@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from proxyd import h1
 from proxyd.errors import ProxyError, statusPhrase
+from proxyd.forwarded import replaceForwarding
 from proxyd.headers import addVia, endToEnd
 from proxyd.relay import Relay
 from proxyd.tlsconfig import describeTLSFailure
@@ -43,6 +44,13 @@ class HttpExchange:
     """
 
     _log = Logger()
+
+    # Reverse mode sets these (proxyd.reverse): the client facts for the
+    # X-Forwarded-*/Forwarded headers, the backend choice to fail over
+    # with, and the URL the client asked for.
+    forwarding = None
+    backends = None
+    publicURL = None
 
     def __init__(self, channel, head, host, port, path, hostHeader, tlsName=None):
         self.channel = channel
@@ -87,6 +95,8 @@ class HttpExchange:
 
     def _connected(self, conn):
         self.connecting = None
+        if self.backends is not None:
+            self.backends.connected()
         if self.done:
             conn.transport.loseConnection()
             return
@@ -95,6 +105,8 @@ class HttpExchange:
     def _connectFailed(self, failure):
         self.connecting = None
         if self.done:
+            return
+        if self.backends is not None and self._failOver(failure):
             return
         if failure.check(ProxyError):
             self._log.info(
@@ -108,6 +120,18 @@ class HttpExchange:
         else:
             self._log.failure("Connecting to {host}:{port} failed", failure, host=self.host, port=self.port)
             self.fail(502, "cannot connect to upstream: {}".format(failure.getErrorMessage()))
+
+    def _failOver(self, failure):
+        """Reverse mode: try the next backend; False when none is left."""
+        from proxyd.reverse import retarget
+
+        reason = failure.value.reason if failure.check(ProxyError) else failure.getErrorMessage()
+        backend = self.backends.failed(reason)
+        if backend is None:
+            return False
+        retarget(self, backend)
+        self._connect()
+        return True
 
     def _attach(self, conn):
         self.upstream = conn
@@ -133,6 +157,8 @@ class HttpExchange:
         elif head.framing == h1.CHUNKED:
             headers.append((b"Transfer-Encoding", b"chunked"))
             self.upstreamChunked = True
+        if self.forwarding is not None:
+            headers = replaceForwarding(headers, *self.forwarding)
         addVia(headers, head.version)
         return h1.serializeHead(head.method + b" " + self.path + b" HTTP/1.1", headers)
 

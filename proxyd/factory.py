@@ -39,7 +39,19 @@ class ProxyFactory(Factory):
         self.reactor = reactor
         self.accessLog = accessLog
         self.clientPolicy = ClientPolicy(config.allow)
-        self.connector = UpstreamConnector(reactor, config.addressPolicy, config.connectTimeout)
+        addressPolicy = config.addressPolicy
+        self.router = None
+        if config.mode == "reverse":
+            from proxyd.backends import buildRouter
+            from proxyd.policy import AddressPolicy
+
+            # The operator named the backends: private addresses are the
+            # usual place for them.
+            addressPolicy = AddressPolicy(allowPrivate=True, allowLinkLocal=True)
+            self.router = buildRouter(list(config.upstreams), list(config.routes), reactor)
+        self.listenerTLS = config.serverTLS  # the listener's own TLS, if any
+        self.scheme = b"https" if config.serverTLS is not None else b"http"
+        self.connector = UpstreamConnector(reactor, addressPolicy, config.connectTimeout)
         self.pool = UpstreamPool(
             reactor,
             self.connector,

@@ -18,6 +18,7 @@ from proxyd import h1
 from proxyd.exchange import HttpExchange
 from proxyd.urls import DEFAULT_PORTS, formatAuthority, splitURL
 from proxyd.errors import ProxyError, statusPhrase
+from proxyd.forwarded import replaceForwarding
 from proxyd.headers import FRAMING, addVia, requestHeaders, responseHeaders, wirePairs
 from proxyd.message import Flow, Request, Response
 from proxyd.hooks import isDeferred
@@ -64,7 +65,9 @@ class PluginExchange(HttpExchange):
     def start(self):
         head = self.head
         channel = self.channel
-        if self.tlsName is not None or channel.origin is not None:
+        if self.publicURL is not None:
+            url = self.publicURL  # reverse mode: the URL the client asked for
+        elif self.tlsName is not None or channel.origin is not None:
             scheme, default = (b"https", 443) if self.tlsName is not None else (b"http", 80)
             url = scheme + b"://" + formatAuthority(self.tlsName or self.host, self.port, default) + self.path
         else:
@@ -262,6 +265,8 @@ class PluginExchange(HttpExchange):
             else:
                 headers.append((b"Transfer-Encoding", b"chunked"))
                 self.upstreamChunked = True
+        if self.forwarding is not None:
+            headers = replaceForwarding(headers, *self.forwarding)
         addVia(headers, head.version)
         return h1.serializeHead(request.method + b" " + self.path + b" HTTP/1.1", headers)
 

@@ -165,9 +165,17 @@ class ProxyService(MultiService):
         for plugin in config.plugins:
             if IService.providedBy(plugin.rewriter):
                 plugin.rewriter.setServiceParent(self)
+        listenFactory = factory
+        if config.serverTLS is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            # Every listener speaks TLS: reverse mode's site, or an "HTTPS
+            # proxy" in forward/mitm mode.
+            listenFactory = TLSMemoryBIOFactory(config.serverTLS, False, factory)
+            listenFactory.noisy = False
         for description in config.listen:
             listener = ListenerService(
-                description, endpointFactory(reactor, description), factory, reactor
+                description, endpointFactory(reactor, description), listenFactory, reactor
             )
             listener.setServiceParent(self)
             self.listeners.append(listener)
@@ -186,6 +194,40 @@ class ProxyService(MultiService):
     def startService(self):
         MultiService.startService(self)
         self._reactor.addSystemEventTrigger("after", "startup", self._catchSigterm)
+        serverTLS = self.config.serverTLS
+        if serverTLS is not None:
+            self._log.info(
+                "TLS on every listener: certificates for {names} (the first is the default), "
+                "TLS {tlsMin}+{clientCA}",
+                names=", ".join(serverTLS.names) or "(no names)",
+                tlsMin=self.config.tlsMin,
+                clientCA=", client certificates required" if self.config.clientCA else "",
+            )
+
+    def _catchSighup(self):
+        """SIGHUP reloads what can change under a running daemon (SPEC)."""
+        if not hasattr(signal, "SIGHUP"):
+            return
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(self.reload))
+
+    def reload(self):
+        """
+        Re-read the listener's certificates and reopen the access log.  A
+        certificate set that does not load is refused whole: the old one
+        stays, and one line says why.  Open connections are not touched.
+        """
+        serverTLS = self.config.serverTLS
+        if serverTLS is not None:
+            from proxyd.tlsserver import TLSConfigError
+
+            try:
+                serverTLS.reload()
+            except TLSConfigError as e:
+                self._log.error("SIGHUP: certificates not reloaded, the old ones stay: {why}", why=str(e))
+            else:
+                self._log.info("SIGHUP: certificates reloaded ({names})", names=", ".join(serverTLS.names))
+        if self.accessLog is not None:
+            self.accessLog.reopen()
 
     def _catchSigterm(self):
         """
@@ -196,6 +238,7 @@ class ProxyService(MultiService):
         if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
             return
         signal.signal(signal.SIGTERM, self._sigterm)
+        self._catchSighup()
 
     def _sigterm(self, signum, frame):
         self._log.info("Received SIGTERM, shutting down.")

@@ -69,6 +69,12 @@ class Options(usage.Options):
          "[default: 10MiB]"],
         ["plugin-timeout", None, None, "Seconds a plugin hook may take before "
          "the request is answered 504. [default: 30]"],
+        ["tls-min", None, None, "Lowest TLS version the listener accepts: "
+         "1.2 or 1.3. [default: 1.2]"],
+        ["client-ca", None, None, "PEM file of CAs: require and verify client "
+         "certificates on the listener (mutual TLS)."],
+        ["tls-key-password-file", None, None, "File of passphrases for "
+         "encrypted --tls-key files, one a line, tried in turn."],
         ["leaf-key", None, None, "mitm: ecdsa (one P-256 key for all leaves) "
          "or rsa (one RSA-2048 key). [default: ecdsa]"],
     ]
@@ -85,6 +91,26 @@ class Options(usage.Options):
         self["upstream-ca"] = []
         self["plugin"] = []
         self["plugin-path"] = []
+        self["tls-cert"] = []
+        self["tls-key"] = []
+        self["upstream"] = []
+        self["route"] = []
+
+    def opt_tls_cert(self, path):
+        """Certificate chain (PEM, leaf first) for the listener; pair it with --tls-key; repeatable (SNI picks, the first is the default). Required in reverse mode; in forward/mitm it makes the proxy speak HTTPS."""  # noqa: E501
+        self["tls-cert"].append(path)
+
+    def opt_tls_key(self, path):
+        """The private key of the --tls-cert before it; repeatable."""
+        self["tls-key"].append(path)
+
+    def opt_upstream(self, url):
+        """reverse: backend http:// or https:// URL (with an optional path prefix); repeatable, round robin, a dead one is skipped."""  # noqa: E501
+        self["upstream"].append(url)
+
+    def opt_route(self, route):
+        """reverse: HOST=URL sends requests for HOST (a name or *.glob) to that backend; repeatable."""  # noqa: E501
+        self["route"].append(route)
 
     def opt_plugin(self, spec):
         """NAME[:key=value,...]: enable a rewriting plugin; repeatable, applied in the order given."""

@@ -112,13 +112,13 @@ class DefaultsTests(_Base):
 
 class RefusedValueTests(_Base):
     def test_mode(self):
-        """Unknown modes are refused; reverse is not built yet."""
+        """Unknown modes are refused; reverse needs its certificate and backends."""
         self.assertEqual(
             self.refused(mode="bad"), "--mode: expected forward, mitm or reverse, got 'bad'"
         )
         self.assertEqual(
             self.refused(mode="reverse"),
-            "--mode: 'reverse' is not available yet in this version (only 'forward' and 'mitm')",
+            "--tls-cert: reverse mode needs --tls-cert FILE --tls-key FILE (the site's certificate)",
         )
 
     def test_listen(self):

@@ -81,7 +81,7 @@ class OptionsTests(SynchronousTestCase):
         cases = [
             (["--mode=bad"], "proxyd: --mode: expected forward, mitm or reverse, got 'bad'"),
             (["--mode=reverse"],
-             "proxyd: --mode: 'reverse' is not available yet in this version (only 'forward' and 'mitm')"),
+             "proxyd: --tls-cert: reverse mode needs --tls-cert FILE --tls-key FILE (the site's certificate)"),
             (["--listen", "tcp:x"], "proxyd: --listen tcp:x: 'x' is not a port number"),
             (["--allow", "1.2.3.4/40"],
              "proxyd: --allow: '1.2.3.4/40' is not an IP address or network (CIDR)"),
