@@ -247,7 +247,7 @@ class SigtermTests(SynchronousTestCase):
     def _startedService(self):
         reactor = _ThreadingMemoryReactor()
         ProxyService(ProxyConfig(), "factory", reactor).startService()
-        [(trigger, args, kwargs)] = reactor.triggers["after"]["startup"]
+        trigger = reactor.triggers["after"]["startup"][0][0]
         return reactor, trigger
 
     def test_sigtermStopsWithoutSignalExit(self):
