@@ -24,6 +24,7 @@ from proxyd.mitm import Interception, innerExchange
 from proxyd.accesslog import accessRecord, describeTarget
 from proxyd.reverse import reverseExchange
 from proxyd.selfpages import respond
+from proxyd.relay import IHalfCloseableTransport
 from proxyd.tunnel import Tunnel
 from proxyd.urls import parseAbsoluteURL, parseConnectTarget
 
@@ -56,7 +57,7 @@ class ProxyChannel(Protocol):
         self.denied = None  # (status, reason) for every request inside a denied tunnel
         self.interception = None
         self.tlsEstablished = False
-        self.tlsPending = False  # TLS with the client, not yet up
+        self.overTLS = False  # the client speaks TLS to this channel
         self.peerSettled = True
         self.factory = factory
         self.config = factory.config
@@ -96,12 +97,12 @@ class ProxyChannel(Protocol):
             # Behind a haproxy: listener the PROXY header, which names the
             # real client, has not arrived yet: look again at the first head.
             self.peerSettled = False
-            self.tlsPending = self.factory.listenerTLS is not None
+            self.overTLS = self.factory.listenerTLS is not None
         else:
             self.client = getattr(self.transport.getPeer(), "host", None) or "unix"
             self.allowed = True  # the CONNECT was already admitted
             self.peerSettled = True
-            self.tlsPending = self.origin[0] is not None
+            self.overTLS = self.origin[0] is not None
         now = self.clock.seconds()
         self.lastActivity = now
         self._setDeadline(HEAD, now + self.config.headerTimeout)
@@ -156,7 +157,7 @@ class ProxyChannel(Protocol):
     def connectionLost(self, reason=ConnectionDone()):
         if self.origin is None:
             self.factory.connectionClosed(self)
-        if self.tlsPending and not self.tlsEstablished:
+        if self.overTLS and not self.tlsEstablished:
             if self.origin is None:
                 self._log.info("TLS handshake with client {client} failed: {why}", client=self.client, why=sslReason(reason.value))
             else:
@@ -380,7 +381,7 @@ class ProxyChannel(Protocol):
     def _lingeringClose(self):
         self.state = CLOSING
         self._pauses.clear()
-        if self.clientEOF or self.origin is not None or not hasattr(self.transport, "loseWriteConnection"):
+        if self.clientEOF or self.origin is not None or not IHalfCloseableTransport(self.transport):
             self.transport.loseConnection()
             return
         self.transport.resumeProducing()
@@ -460,7 +461,7 @@ class ProxyChannel(Protocol):
         self._timedOut(state)
 
     def _timedOut(self, state):
-        if state == HEAD and self.tlsPending and not self.tlsEstablished:
+        if state == HEAD and self.overTLS and not self.tlsEstablished:
             # A TLS shutdown cannot happen mid-handshake: abort.
             self._log.info(
                 "Client {client} did not finish the TLS handshake{name} within {t:g}s; closing",
