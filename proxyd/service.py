@@ -206,6 +206,13 @@ class ProxyService(MultiService):
         MultiService.startService(self)
         self._reactor.addSystemEventTrigger("after", "startup", self._catchSigterm)
         self._reactor.addSystemEventTrigger("after", "startup", _freezeStartupHeap)
+        from proxyd.sdnotify import Notifier
+
+        # Under systemd (Type=notify): ready once every port is bound (they
+        # are, by now), stopping when shutdown begins.
+        self.notifier = Notifier.fromEnvironment(reactor=self._reactor)
+        self._reactor.addSystemEventTrigger("after", "startup", self._ready)
+        self._reactor.addSystemEventTrigger("before", "shutdown", self.notifier.stopping)
         serverTLS = self.config.serverTLS
         if serverTLS is not None:
             self._log.info(
@@ -215,6 +222,10 @@ class ProxyService(MultiService):
                 tlsMin=self.config.tlsMin,
                 clientCA=", client certificates required" if self.config.clientCA else "",
             )
+
+    def _ready(self):
+        self.notifier.ready()
+        self.notifier.startWatchdog()
 
     def _catchSighup(self):
         """SIGHUP reloads what can change under a running daemon (SPEC)."""
@@ -228,6 +239,9 @@ class ProxyService(MultiService):
         certificate set that does not load is refused whole: the old one
         stays, and one line says why.  Open connections are not touched.
         """
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.reloading()
         serverTLS = self.config.serverTLS
         if serverTLS is not None:
             from proxyd.tlsserver import TLSConfigError
@@ -240,6 +254,8 @@ class ProxyService(MultiService):
                 self._log.info("SIGHUP: certificates reloaded ({names})", names=", ".join(serverTLS.names))
         if self.accessLog is not None:
             self.accessLog.reopen()
+        if notifier is not None:
+            notifier.ready()
 
     def _catchSigterm(self):
         """
@@ -257,6 +273,9 @@ class ProxyService(MultiService):
         self._reactor.callFromThread(self._reactor.stop)
 
     def stopService(self):
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.stopWatchdog()
         d = MultiService.stopService(self)
         if self.accessLog is not None:
             d.addBoth(self._closeLog)
