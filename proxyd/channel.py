@@ -58,6 +58,7 @@ class ProxyChannel(Protocol):
         self.interception = None
         self.tlsEstablished = False
         self.overTLS = False  # the client speaks TLS to this channel
+        self.tunnelOpen = False
         self.peerSettled = True
         self.factory = factory
         self.config = factory.config
@@ -157,7 +158,11 @@ class ProxyChannel(Protocol):
     def connectionLost(self, reason=ConnectionDone()):
         if self.origin is None:
             self.factory.connectionClosed(self)
+        if self.tunnelOpen:
+            self.tunnelOpen = False
+            self.factory.metrics.tunnelClosed()
         if self.overTLS and not self.tlsEstablished:
+            self.factory.metrics.handshakeFailed("client", reason.value)
             if self.origin is None:
                 self._log.info("TLS handshake with client {client} failed: {why}", client=self.client, why=sslReason(reason.value))
             else:
@@ -470,6 +475,7 @@ class ProxyChannel(Protocol):
                 t=self.config.headerTimeout,
             )
             self.tlsEstablished = True  # logged once; connectionLost need not log again
+            self.factory.metrics.handshakeFailed("client", "timeout")
             self.state = CLOSING
             self.transport.abortConnection()
             return
@@ -506,11 +512,23 @@ class ProxyChannel(Protocol):
         return describeTarget(work, self.requestHead, self.origin)
 
     def _logAccess(self, work, status=None, bytesOut=0):
-        log = self.factory.accessLog
-        if log is None:
-            return
+        """The end of a request or tunnel: counted, and written to the access log."""
         if work is not None:
             if getattr(work, "logged", False):
                 return
             work.logged = True
-        log.write(accessRecord(self, work, status, bytesOut))
+        factory = self.factory
+        metrics = factory.metrics
+        if metrics.enabled:
+            head = self.requestHead
+            metrics.requestDone(
+                self.config.mode,
+                head.method if head is not None else b"-",
+                status if status is not None else getattr(work, "status", None),
+                getattr(work, "bytesIn", 0),
+                getattr(work, "bytesOut", bytesOut) or bytesOut,
+                self.clock.seconds() - self.startTime,
+            )
+        log = factory.accessLog
+        if log is not None:
+            log.write(accessRecord(self, work, status, bytesOut))

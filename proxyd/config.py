@@ -86,6 +86,7 @@ class ProxyConfig:
     clientCA: "str | None" = None
     upstreams: tuple = ()  # proxyd.backends.Backend, round robin
     routes: tuple = ()  # (host glob, Backend), in --route order
+    metrics: "str | None" = None  # endpoint of the Prometheus listener
 
     @addressPolicy.default
     def _defaultAddressPolicy(self):
@@ -173,6 +174,8 @@ def build(values, sources, reactor, configFile=None):
         # Without --upstream-ca, trustRoot stays None: the platform's store.
         fields["trustRoot"] = check("upstream-ca", _trustRoot)
     fields.update(siteFields(values, mode, check, ConfigError))
+    if "metrics" in values:
+        fields["metrics"] = check("metrics", lambda v: checkListen([v], reactor)[0])
     if "leaf-key" in values:
         fields["leafKey"] = check("leaf-key", _choice, ("ecdsa", "rsa"))
     if ("ca-cert" in values) != ("ca-key" in values):

@@ -63,6 +63,7 @@ OPTIONS = {
     "tls-key-password-file": _STR,
     "upstream": _LIST,
     "route": _LIST,
+    "metrics": _STR,
 }
 
 # Options that set one thing two ways: the command line giving either one

@@ -53,7 +53,10 @@ class UpstreamConnector:
 
     _log = Logger()
 
-    def __init__(self, reactor, addressPolicy, connectTimeout):
+    def __init__(self, reactor, addressPolicy, connectTimeout, metrics=None):
+        from proxyd.metrics import NullMetrics
+
+        self.metrics = metrics if metrics is not None else NullMetrics()
         self.reactor = reactor
         self.addressPolicy = addressPolicy
         self.connectTimeout = connectTimeout
@@ -109,6 +112,10 @@ class UpstreamConnector:
             endpoint = TCP4ClientEndpoint(self.reactor, ip, port, timeout=max(remaining, 0.001))
         d = endpoint.connect(factory)
 
+        def connected(protocol):
+            self.metrics.upstreamConnected(self.reactor.seconds() - start)
+            return protocol
+
         def failed(failure):
             if failure.check(defer.CancelledError, error.ConnectingCancelledError):
                 return failure
@@ -116,7 +123,7 @@ class UpstreamConnector:
                 return self._tryAddresses(host, port, addresses[1:], factory, start)
             raise _connectError(failure, host, ip, port, self.connectTimeout)
 
-        return d.addErrback(failed)
+        return d.addCallbacks(connected, failed)
 
 
 def _resolveTimedOut(host, timeout):

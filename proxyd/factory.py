@@ -31,8 +31,11 @@ class ProxyFactory(Factory):
 
     _log = Logger()
 
-    def __init__(self, config, reactor, accessLog=None):
+    def __init__(self, config, reactor, accessLog=None, metrics=None):
+        from proxyd.metrics import NullMetrics
         from proxyd.policy import ClientPolicy
+
+        self.metrics = metrics if metrics is not None else NullMetrics()
 
         self.config = config
         self.clock = reactor
@@ -51,7 +54,7 @@ class ProxyFactory(Factory):
             self.router = buildRouter(list(config.upstreams), list(config.routes), reactor)
         self.listenerTLS = config.serverTLS  # the listener's own TLS, if any
         self.scheme = b"https" if config.serverTLS is not None else b"http"
-        self.connector = UpstreamConnector(reactor, addressPolicy, config.connectTimeout)
+        self.connector = UpstreamConnector(reactor, addressPolicy, config.connectTimeout, self.metrics)
         self.pool = UpstreamPool(
             reactor,
             self.connector,
@@ -68,6 +71,7 @@ class ProxyFactory(Factory):
             config.maxBodyBuffer,
             config.pluginTimeout,
         )
+        self.pipeline.runner.metrics = self.metrics
         self.channels = set()
         self._saturated = False
         self.leaves = None
@@ -76,6 +80,7 @@ class ProxyFactory(Factory):
             from proxyd.ca import LeafFactory
 
             self.leaves = LeafFactory(config.ca, config.leafKey, clock=reactor)
+            self.metrics.trackLeaves(self.leaves)
             self._log.info(
                 "mitm: CA certificate {path} (SHA-256 {fingerprint}){created}. "
                 "Clients must trust it: curl --cacert {path}; see 'proxyd ca --help' for browsers and Python",
@@ -134,9 +139,11 @@ class ProxyFactory(Factory):
 
     def connectionOpened(self, channel):
         self.channels.add(channel)
+        self.metrics.connectionOpened()
 
     def connectionClosed(self, channel):
         self.channels.discard(channel)
+        self.metrics.connectionClosed()
 
     def doStop(self):
         self.pool.closeAll()

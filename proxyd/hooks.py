@@ -42,6 +42,8 @@ class HookRunner:
 
     _log = Logger()
 
+    metrics = None  # proxyd.metrics.ProxyMetrics, set by the factory
+
     def __init__(self, clock, timeout):
         self.clock = clock
         self.timeout = timeout
@@ -74,6 +76,8 @@ class HookRunner:
 
     def hookFailed(self, failure, plugin, hookName, subject):
         """Log a hook's failure once; the L{PluginError} to answer with."""
+        if self.metrics is not None:
+            self.metrics.pluginFailed(plugin)
         self._log.failure(
             "Plugin {plugin} failed in {hook} for {subject}",
             failure,
@@ -126,6 +130,8 @@ class HookRunner:
             if failure.check(PluginError):
                 done.errback(failure)
             elif failure.check(_TimedOut):
+                if self.metrics is not None:
+                    self.metrics.pluginFailed(plugin)
                 self._log.warn(
                     "Plugin {plugin} did not answer {hook} within {t:g}s for {subject}",
                     plugin=plugin,

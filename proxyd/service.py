@@ -190,6 +190,14 @@ class ProxyService(MultiService):
             )
             listener.setServiceParent(self)
             self.listeners.append(listener)
+        if config.metrics is not None:
+            from proxyd.metrics import metricsFactory
+
+            # Its own listener, bound before privileges drop like the others.
+            self.metricsListener = ListenerService(
+                config.metrics, endpointFactory(reactor, config.metrics), metricsFactory(factory.metrics, reactor), reactor
+            )
+            self.metricsListener.setServiceParent(self)
 
     @property
     def ports(self):

@@ -69,6 +69,8 @@ class Options(usage.Options):
          "[default: 10MiB]"],
         ["plugin-timeout", None, None, "Seconds a plugin hook may take before "
          "the request is answered 504. [default: 30]"],
+        ["metrics", None, None, "Endpoint serving Prometheus metrics at "
+         "/metrics and ok at /healthz, e.g. tcp:9100:interface=127.0.0.1."],
         ["tls-min", None, None, "Lowest TLS version the listener accepts: "
          "1.2 or 1.3. [default: 1.2]"],
         ["client-ca", None, None, "PEM file of CAs: require and verify client "
@@ -174,5 +176,10 @@ def makeService(options):
     accessLog = None
     if proxyConfig.accessLog is not None:
         accessLog = AccessLog.open(proxyConfig.accessLog, proxyConfig.logFormat)
-    factory = ProxyFactory(proxyConfig, reactor, accessLog)
+    metrics = None
+    if proxyConfig.metrics is not None:
+        from proxyd.metrics import ProxyMetrics
+
+        metrics = ProxyMetrics()
+    factory = ProxyFactory(proxyConfig, reactor, accessLog, metrics=metrics)
     return ProxyService(proxyConfig, factory, reactor, accessLog)

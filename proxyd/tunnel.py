@@ -98,6 +98,8 @@ class Tunnel:
             return
         self.status = 200
         channel = self.channel
+        channel.factory.metrics.tunnelOpened()
+        channel.tunnelOpen = True  # counted closed when the client connection ends
         addr = peer.transport.getPeer()
         channel.upstreamAddress = formatAddress(addr.host, addr.port)
         channel.transport.write(ESTABLISHED)
