@@ -121,7 +121,9 @@ def twistd(venv):
 
 def _cleanEnv():
     env = dict(os.environ)
-    for k in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE"):
+    for k in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE",
+              # a suite run under systemd must not have its daemons notify it
+              "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         env.pop(k, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -864,3 +864,72 @@ def connectTunnel(proxyAddress, target, extra=b"", headers=b"", timeout=10.0):
         target.encode(), target.encode(), headers, extra))
     resp = conn.readResponse(method="CONNECT")
     return conn, resp
+
+
+# ---------------------------------------------------------------------------
+# More certificate builders: chains and client certificates (reverse mode,
+# HTTPS proxy listeners)
+
+
+def makeIntermediateCA(caKey, caName, name, notBefore, notAfter):
+    """
+    A P-256 intermediate CA (CA:true, pathlen 0, keyCertSign, an SKI and an
+    AKI) with subject C{name}, signed by the CA C{caKey}/C{caName}:
+    (key, certificate).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(caName)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(notBefore)
+        .not_valid_after(notAfter)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True,
+            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False)
+        .sign(caKey, hashes.SHA256())
+    )
+    return key, cert
+
+
+def makeClientLeaf(caKey, caName, commonName, notBefore, notAfter):
+    """
+    A P-256 client certificate (clientAuth, an AKI) for C{commonName},
+    signed by the CA C{caKey}/C{caName}: (key, certificate).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
+        .issuer_name(caName)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(notBefore)
+        .not_valid_after(notAfter)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False)
+        .sign(caKey, hashes.SHA256())
+    )
+    return key, cert
+
+
+def certificatesPEM(*certs):
+    """The C{x509} certificates C{certs}, in order, as one PEM bundle."""
+    from cryptography.hazmat.primitives import serialization
+
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
