@@ -22,6 +22,10 @@ from proxyd.errors import ProxyError
 from proxyd.tlsconfig import describeTLSFailure, upstreamCreator
 
 
+# Bytes read from an upstream socket at a time (Twisted's default is 64 KiB).
+READ_SIZE = 256 * 1024
+
+
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
 class UpstreamProtocol(Protocol):
     """
@@ -60,6 +64,10 @@ class UpstreamProtocol(Protocol):
         noDelay = getattr(self.transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
+        if hasattr(self.transport, "bufferSize"):
+            # Big bodies come from here: fewer, larger reads mean fewer
+            # trips through the parser and the client's (TLS) transport.
+            self.transport.bufferSize = READ_SIZE
         peer = self.transport.getPeer()
         self.peer = formatAddress(peer.host, peer.port)
 
