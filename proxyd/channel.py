@@ -194,6 +194,16 @@ class ProxyChannel(Protocol):
             exchange.clientLost()
             self._logAccess(exchange)
 
+    def drain(self):
+        """
+        The daemon is stopping: close now if nothing is in flight, else
+        once the exchange or tunnel in flight is over.
+        """
+        self.closing = True
+        idle = self.state == IDLE or (self.state == HEAD and not self.reader.headBytes and not self.reader.events)
+        if idle and self.exchange is None and self.relay is None and self.interception is None:
+            self._close()
+
     # Reading control
 
     def pauseReading(self, why):

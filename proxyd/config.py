@@ -87,6 +87,7 @@ class ProxyConfig:
     upstreams: tuple = ()  # proxyd.backends.Backend, round robin
     routes: tuple = ()  # (host glob, Backend), in --route order
     metrics: "str | None" = None  # endpoint of the Prometheus listener
+    drainTimeout: float = 30.0
 
     @addressPolicy.default
     def _defaultAddressPolicy(self):
@@ -156,6 +157,7 @@ def build(values, sources, reactor, configFile=None):
         ("connect-timeout", "connectTimeout"),
         ("idle-timeout", "idleTimeout"),
         ("header-timeout", "headerTimeout"),
+        ("drain-timeout", "drainTimeout"),
     ):
         if name in values:
             fields[field] = check(name, _seconds)

@@ -64,6 +64,7 @@ OPTIONS = {
     "upstream": _LIST,
     "route": _LIST,
     "metrics": _STR,
+    "drain-timeout": _NUMBER,
 }
 
 # Options that set one thing two ways: the command line giving either one

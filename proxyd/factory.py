@@ -73,6 +73,7 @@ class ProxyFactory(Factory):
         )
         self.pipeline.runner.metrics = self.metrics
         self.channels = set()
+        self.draining = False
         self._saturated = False
         self.leaves = None
         self._serverTLS = {}
@@ -129,6 +130,8 @@ class ProxyFactory(Factory):
         return self.pipeline.runConnect(target)
 
     def buildProtocol(self, addr):
+        if self.draining:
+            return _Refuse()
         if len(self.channels) >= self.config.maxConnections:
             if not self._saturated:
                 self._saturated = True
@@ -136,6 +139,12 @@ class ProxyFactory(Factory):
             return _Refuse()
         self._saturated = False
         return ProxyChannel(self)
+
+    def drain(self):
+        """SIGTERM: idle connections close now, busy ones after what is in flight."""
+        self.draining = True
+        for channel in list(self.channels):
+            channel.drain()
 
     def connectionOpened(self, channel):
         self.channels.add(channel)

@@ -11,6 +11,7 @@ import sys
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -163,6 +164,7 @@ class ProxyService(MultiService):
         """
         MultiService.__init__(self)
         self._reactor = reactor
+        self._draining = False
         if endpointFactory is None:
             from twisted.internet.endpoints import serverFromString as endpointFactory
         self.config = config
@@ -277,8 +279,46 @@ class ProxyService(MultiService):
         self._catchSighup()
 
     def _sigterm(self, signum, frame):
-        self._log.info("Received SIGTERM, shutting down.")
-        self._reactor.callFromThread(self._reactor.stop)
+        self._reactor.callFromThread(self.drain)
+
+    def drain(self):
+        """
+        SIGTERM: stop accepting, close idle connections at once, let
+        requests and tunnels in flight finish for up to --drain-timeout,
+        then stop (exit 0).
+        """
+        if self._draining:
+            return
+        self._draining = True
+        factory = self.factory
+        self._log.info(
+            "Received SIGTERM: draining {n} connection(s) for up to {t:g}s",
+            n=len(factory.channels),
+            t=self.config.drainTimeout,
+        )
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.stopping()
+        for listener in self.listeners:
+            port, listener.port = listener.port, None
+            if port is not None:
+                port.stopListening()
+        factory.drain()
+        deadline = self._reactor.seconds() + self.config.drainTimeout
+
+        def check():
+            if factory.channels and self._reactor.seconds() < deadline:
+                return
+            poll.stop()
+            if factory.channels:
+                self._log.info("Drain timeout: closing {n} connection(s) still open", n=len(factory.channels))
+                for channel in list(factory.channels):
+                    channel.transport.abortConnection()
+            self._reactor.stop()
+
+        poll = LoopingCall(check)
+        poll.clock = self._reactor
+        poll.start(0.05, now=True)
 
     def stopService(self):
         notifier = getattr(self, "notifier", None)

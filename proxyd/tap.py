@@ -69,6 +69,8 @@ class Options(usage.Options):
          "[default: 10MiB]"],
         ["plugin-timeout", None, None, "Seconds a plugin hook may take before "
          "the request is answered 504. [default: 30]"],
+        ["drain-timeout", None, None, "Seconds SIGTERM waits for requests and "
+         "tunnels in flight before closing them. [default: 30]"],
         ["metrics", None, None, "Endpoint serving Prometheus metrics at "
          "/metrics and ok at /healthz, e.g. tcp:9100:interface=127.0.0.1."],
         ["tls-min", None, None, "Lowest TLS version the listener accepts: "

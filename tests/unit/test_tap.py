@@ -13,7 +13,7 @@ import sys
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from proxyd import tap
@@ -235,9 +235,16 @@ class ProxyServiceTests(SynchronousTestCase):
         self.assertTrue(log.closed)
 
 
-class _ThreadingMemoryReactor(MemoryReactor):
+class _ThreadingMemoryReactor(MemoryReactorClock):
     def callFromThread(self, f, *args, **kwargs):
         f(*args, **kwargs)
+
+
+class _NoConnections:
+    channels = ()
+
+    def drain(self):
+        pass
 
 
 class SigtermTests(SynchronousTestCase):
@@ -246,7 +253,7 @@ class SigtermTests(SynchronousTestCase):
 
     def _startedService(self):
         reactor = _ThreadingMemoryReactor()
-        ProxyService(ProxyConfig(), "factory", reactor).startService()
+        ProxyService(ProxyConfig(), _NoConnections(), reactor).startService()
         trigger = reactor.triggers["after"]["startup"][0][0]
         return reactor, trigger
 
@@ -391,3 +398,52 @@ class FileLimitTests(SynchronousTestCase):
         res = self.FakeResource(65536, 524288)
         self.assertEqual(raiseFileLimit(20064, res), 65536)
         self.assertEqual(res.limits, (65536, 524288))
+
+
+class DrainTests(SynchronousTestCase):
+    """SIGTERM's drain, on a FakeProxy: idle connections close at once, busy ones finish, the timeout ends the rest."""
+
+    def _service(self, drainTimeout=30.0):
+        from proxyd.testing import FakeProxy
+
+        proxy = FakeProxy(drainTimeout=drainTimeout)
+        service = ProxyService(proxy.config, proxy.factory, proxy.reactor)
+        return proxy, service
+
+    def test_idleClosedBusyFinishes(self):
+        proxy, service = self._service()
+        idle, idleT = proxy.client()
+        busy, busyT = proxy.client()
+        busy.dataReceived(b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+        up, upT = proxy.acceptUpstream()
+        service.drain()
+        self.assertTrue(idleT.disconnecting, "an idle keep-alive client does not hold the drain up")
+        self.assertFalse(busyT.disconnecting)
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(busyT.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(b"Connection: close", busyT.value())
+        self.assertTrue(busyT.disconnecting, "closed once its response is complete")
+        from proxyd.factory import _Refuse
+
+        self.assertIsInstance(proxy.factory.buildProtocol(None), _Refuse, "no new connections while draining")
+
+    def test_timeoutAbortsTheRest(self):
+        proxy, service = self._service(drainTimeout=5.0)
+        stopped = []
+        proxy.reactor.stop = lambda: stopped.append(True)
+        busy, busyT = proxy.client()
+        busy.dataReceived(b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+        service.drain()
+        proxy.reactor.advance(4.9)
+        self.assertEqual(stopped, [])
+        aborted = []
+        busyT.abortConnection = lambda: (aborted.append(True), proxy.factory.connectionClosed(busy))
+        proxy.reactor.advance(0.2)
+        self.assertEqual((aborted, stopped), ([True], [True]))
+
+    def test_noConnectionsStopsAtOnce(self):
+        proxy, service = self._service()
+        stopped = []
+        proxy.reactor.stop = lambda: stopped.append(True)
+        service.drain()
+        self.assertEqual(stopped, [True])

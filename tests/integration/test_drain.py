@@ -1,0 +1,46 @@
+"""
+SIGTERM drains: nothing new is accepted, a download in flight completes,
+an idle keep-alive client does not hold shutdown up, and the exit status
+is 0 (what supervisors expect).
+"""
+
+import hashlib
+import signal
+import subprocess
+import time
+
+from tests.integration.origin import RawConnection, patternSha256
+from tests.polling import waitFor
+
+
+def test_downloadInFlightCompletes(proxyd, origin, curl, tmp_path):
+    n = 3 * 1024 * 1024
+    d = proxyd("--drain-timeout", "20")
+    out = tmp_path / "body"
+    proc = subprocess.Popen(
+        [curl, "-sS", "--max-time", "30", "--limit-rate", "1M", "-x", d.url, "-o", str(out),
+         origin.url("/bytes?n=%d" % (n,))],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        waitFor(lambda: out.exists() and out.stat().st_size > 0, 10, message="the download to start")
+        d.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.stat().st_size == n
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == patternSha256(n)
+    assert d.proc.wait(30) == 0, d.logText()
+    assert "draining 1 connection" in d.logText()
+
+
+def test_idleKeepAliveDoesNotHoldShutdown(proxyd, origin):
+    d = proxyd("--drain-timeout", "30")
+    with RawConnection(d.address) as c:
+        c.send(b"GET " + origin.url("/hello").encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.readResponse().status == 200
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(10) == 0, d.logText()
+        assert time.monotonic() - started < 2.0
