@@ -165,6 +165,7 @@ class ProxyService(MultiService):
         MultiService.__init__(self)
         self._reactor = reactor
         self._draining = False
+        self._toldStopping = False
         if endpointFactory is None:
             from twisted.internet.endpoints import serverFromString as endpointFactory
         self.config = config
@@ -222,7 +223,7 @@ class ProxyService(MultiService):
         # are, by now), stopping when shutdown begins.
         self.notifier = Notifier.fromEnvironment(reactor=self._reactor)
         self._reactor.addSystemEventTrigger("after", "startup", self._ready)
-        self._reactor.addSystemEventTrigger("before", "shutdown", self.notifier.stopping)
+        self._reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
         serverTLS = self.config.serverTLS
         if serverTLS is not None:
             self._log.info(
@@ -232,6 +233,12 @@ class ProxyService(MultiService):
                 tlsMin=self.config.tlsMin,
                 clientCA=", client certificates required" if self.config.clientCA else "",
             )
+
+    def _stopping(self):
+        """STOPPING=1, once: when the drain begins, or at shutdown without one."""
+        if not self._toldStopping:
+            self._toldStopping = True
+            self.notifier.stopping()
 
     def _ready(self):
         self.notifier.ready()
@@ -296,9 +303,8 @@ class ProxyService(MultiService):
             n=len(factory.channels),
             t=self.config.drainTimeout,
         )
-        notifier = getattr(self, "notifier", None)
-        if notifier is not None:
-            notifier.stopping()
+        if getattr(self, "notifier", None) is not None:
+            self._stopping()
         for listener in self.listeners:
             port, listener.port = listener.port, None
             if port is not None:
