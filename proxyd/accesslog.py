@@ -190,16 +190,31 @@ def describeTarget(work, head, origin):
     return target
 
 
+def outcome(channel, work, status, bytesOut):
+    """
+    How C{work} (an exchange, a tunnel, or None for proxyd's own answer)
+    ended on C{channel}: (status or 0, bytes in, bytes out, seconds), for
+    the access log and the metrics alike.
+    """
+    return (
+        status if status is not None else (getattr(work, "status", None) or 0),
+        getattr(work, "bytesIn", 0),
+        getattr(work, "bytesOut", bytesOut) or bytesOut,
+        channel.clock.seconds() - channel.startTime,
+    )
+
+
 def accessRecord(channel, work, status, bytesOut):
     """The access record (see L{AccessLog.write}) for C{work} on C{channel}."""
     head = channel.requestHead
+    status, bytesIn, bytesOut, duration = outcome(channel, work, status, bytesOut)
     return {
         "client": channel.client,
         "method": head.method.decode("latin-1") if head is not None else "-",
         "target": describeTarget(work, head, channel.origin),
-        "status": status if status is not None else (getattr(work, "status", None) or 0),
-        "bytesIn": getattr(work, "bytesIn", 0),
-        "bytesOut": getattr(work, "bytesOut", bytesOut) or bytesOut,
-        "duration": round(channel.clock.seconds() - channel.startTime, 6),
+        "status": status,
+        "bytesIn": bytesIn,
+        "bytesOut": bytesOut,
+        "duration": round(duration, 6),
         "upstream": channel.upstreamAddress,
     }

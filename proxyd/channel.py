@@ -3,9 +3,9 @@
 ProxyChannel: one client connection.  It reads requests (pipelined ones wait
 their turn), applies the client-side policy (address allow-list, proxy
 authentication), and hands each request to an L{HttpExchange}, a L{Tunnel}
-or proxyd's own pages.  It owns the connection's timers: the head timeout
-(slowloris), the keep-alive idle timeout, and the idle timeout of an exchange
-or tunnel in flight.
+or proxyd's own pages.  Its timers (the head timeout against slowloris, the
+keep-alive idle timeout, the idle timeout of an exchange or tunnel in
+flight) are L{proxyd.deadlines}.
 """
 
 from functools import partial
@@ -21,7 +21,8 @@ from proxyd.errors import ProxyError, errorResponse
 from proxyd.tlsconfig import sslReason
 from proxyd.exchange import HttpExchange, _Pauser
 from proxyd.mitm import Interception, innerExchange
-from proxyd.accesslog import accessRecord, describeTarget
+from proxyd.accesslog import accessRecord, describeTarget, outcome
+from proxyd.deadlines import BUSY, CLOSING, HEAD, IDLE, SNIFF, TUNNEL, Deadlines
 from proxyd.reverse import reverseExchange
 from proxyd.selfpages import respond
 from proxyd.relay import IHalfCloseableTransport
@@ -36,11 +37,8 @@ QUEUE_LIMIT = 65536
 # the close, so the client reads the response instead of a reset.
 LINGER = 2.0
 
-HEAD, BUSY, IDLE, TUNNEL, CLOSING, SNIFF, INTERCEPTED = range(7)
-
-
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
-class ProxyChannel(Protocol):
+class ProxyChannel(Deadlines, Protocol):
     """
     One client connection to the proxy, or (with C{origin}) the HTTP inside
     an intercepted CONNECT, whose requests all go to that origin.
@@ -444,78 +442,6 @@ class ProxyChannel(Protocol):
             self.exchange = None
         self.state = CLOSING
 
-    # Timers
-
-    def _setDeadline(self, state, deadline):
-        self.state = state
-        self.deadline = deadline
-        timer = self._timer
-        if timer is None:
-            self._timer = self.clock.callLater(max(deadline - self.clock.seconds(), 0), self._timerFired)
-        elif timer.getTime() > deadline:
-            timer.reset(max(deadline - self.clock.seconds(), 0))
-
-    def _timerFired(self):
-        self._timer = None
-        now = self.clock.seconds()
-        state = self.state
-        deadline = self.deadline
-        if state == BUSY:
-            last = self.lastActivity
-            upstream = getattr(self.exchange, "upstream", None)
-            if upstream is not None and upstream.lastActivity > last:
-                last = upstream.lastActivity
-            deadline = max(deadline, last + self.config.idleTimeout)
-        elif state == TUNNEL and self.relay is not None:
-            deadline = self.relay.lastActivity + self.config.idleTimeout
-        elif state == INTERCEPTED or (state == SNIFF and self.interception is not None and self.interception.waiting):
-            return  # the inner channel keeps its own time (or a leaf is being made)
-        if now < deadline:
-            self._timer = self.clock.callLater(deadline - now, self._timerFired)
-            return
-        self._timedOut(state)
-
-    def _timedOut(self, state):
-        if state == HEAD and self.overTLS and not self.tlsEstablished:
-            # A TLS shutdown cannot happen mid-handshake: abort.
-            self._log.info(
-                "Client {client} did not finish the TLS handshake{name} within {t:g}s; closing",
-                client=self.client,
-                name=" for " + self.origin[0] if self.origin is not None else "",
-                t=self.config.headerTimeout,
-            )
-            self.tlsEstablished = True  # logged once; connectionLost need not log again
-            self.factory.metrics.handshakeFailed("client", "timeout")
-            self.state = CLOSING
-            self.transport.abortConnection()
-            return
-        if state == HEAD:
-            self._log.info("Client {client} sent no complete request head within {t:g}s; closing", client=self.client, t=self.config.headerTimeout)
-            if self.reader.headBytes or self.reader.events:
-                self.sendError(408, "request head not received within {:g}s".format(self.config.headerTimeout), None)
-            else:
-                self._close()
-        elif state == IDLE:
-            self._close()
-        elif state == BUSY:
-            exchange = self.exchange
-            self._log.info("Upstream idle for {t:g}s during {target}", t=self.config.idleTimeout, target=self._targetOf(exchange))
-            if isinstance(exchange, HttpExchange):
-                exchange.fail(504, "upstream {}:{} did not answer within {:g}s".format(exchange.host, exchange.port, self.config.idleTimeout))
-            else:
-                self._close()
-        elif state == SNIFF:
-            self._log.info("Client {client} sent nothing usable within {t:g}s after CONNECT; closing", client=self.client, t=self.config.headerTimeout)
-            if self.interception is not None:
-                self.interception.abandon()
-            self.transport.loseConnection()
-        elif state == TUNNEL:
-            self._log.info("Tunnel {target} idle for {t:g}s; closing", target=self._targetOf(self.exchange), t=self.config.idleTimeout)
-            if self.relay is not None:
-                self.relay.abort()
-        else:
-            self.transport.abortConnection() if self._pauses else self.transport.loseConnection()
-
     # Access log
 
     def _targetOf(self, work):
@@ -532,12 +458,7 @@ class ProxyChannel(Protocol):
         if metrics.enabled:
             head = self.requestHead
             metrics.requestDone(
-                self.config.mode,
-                head.method if head is not None else b"-",
-                status if status is not None else getattr(work, "status", None),
-                getattr(work, "bytesIn", 0),
-                getattr(work, "bytesOut", bytesOut) or bytesOut,
-                self.clock.seconds() - self.startTime,
+                self.config.mode, head.method if head is not None else b"-", *outcome(self, work, status, bytesOut)
             )
         log = factory.accessLog
         if log is not None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import attr
 
-from proxyd.configfile import OPTIONS, ConfigError, merge, readFile
+from proxyd.configfile import OPTIONS, ConfigError, asList, merge, readFile
 from proxyd.configlisten import EndpointError, checkListen
 from proxyd.configsite import siteFields
 from proxyd.policy import (
@@ -170,12 +170,12 @@ def build(values, sources, reactor, configFile=None):
     if "passthrough" in values:
         fields["passthrough"] = check("passthrough", _globs)
     if "upstream-ca" in values:
-        fields["upstreamCA"] = tuple(_asList(values["upstream-ca"]))
+        fields["upstreamCA"] = tuple(asList(values["upstream-ca"]))
     fields["upstreamInsecure"] = bool(values.get("upstream-insecure"))
     if "upstream-ca" in values and not fields["upstreamInsecure"]:
         # Without --upstream-ca, trustRoot stays None: the platform's store.
         fields["trustRoot"] = check("upstream-ca", _trustRoot)
-    fields.update(siteFields(values, mode, check, ConfigError))
+    fields.update(siteFields(values, mode, check))
     if "metrics" in values:
         fields["metrics"] = check("metrics", lambda v: checkListen([v], reactor)[0])
     if "leaf-key" in values:
@@ -192,7 +192,7 @@ def build(values, sources, reactor, configFile=None):
         fields["pluginPaths"] = check("plugin-path", _directories)
     if values.get("plugin"):
         fields["plugins"], fields["pluginWarnings"] = _loadPlugins(
-            _asList(values["plugin"]), fields.get("pluginPaths", ())
+            asList(values["plugin"]), fields.get("pluginPaths", ())
         )
     return ProxyConfig(**fields)
 
@@ -211,7 +211,7 @@ def _directories(value):
     import os
 
     paths = []
-    for path in _asList(value):
+    for path in asList(value):
         if not os.path.isdir(path):
             raise ValueError(f"{path}: not a directory")
         paths.append(os.path.abspath(path))
@@ -230,7 +230,7 @@ def _size(value):
 
 def _globs(value):
     patterns = []
-    for pattern in _asList(value):
+    for pattern in asList(value):
         pattern = pattern.strip().lower().rstrip(".")
         if not pattern or any(c in pattern for c in "/ :"):
             raise ValueError(f"{pattern!r} is not a host glob like *.example.com")
@@ -241,7 +241,7 @@ def _globs(value):
 def _trustRoot(files):
     from proxyd.tlsconfig import upstreamTrust
 
-    return upstreamTrust(tuple(_asList(files)))
+    return upstreamTrust(tuple(asList(files)))
 
 
 def _loadCA(values):
@@ -286,13 +286,9 @@ def _choice(value, choices):
     return value
 
 
-def _asList(value):
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _allow(value):
     networks = []
-    items = _asList(value)
+    items = asList(value)
     if not items:
         raise ValueError("empty list: no client could use the proxy")
     for item in items:

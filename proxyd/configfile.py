@@ -72,6 +72,11 @@ OPTIONS = {
 _GROUPS = (("allow-private", "deny-private"), ("proxy-auth", "proxy-auth-file"))
 
 
+def asList(value):
+    """A list-valued option as a list, whether one value (the command line's str) or many."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 def readFile(path):
     """
     Read and type-check a TOML config file.

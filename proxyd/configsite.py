@@ -10,15 +10,12 @@ one line naming its file, before anything listens.
 """
 
 from proxyd.backends import parseBackend, parseRoute
+from proxyd.configfile import ConfigError, asList
 
 TLS_OPTIONS = ("tls-cert", "tls-key", "tls-min", "client-ca", "tls-key-password-file")
 
 
-def _asList(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def siteFields(values, mode, check, ConfigError):
+def siteFields(values, mode, check):
     """
     The L{proxyd.config.ProxyConfig} fields for these options.
 
@@ -27,14 +24,14 @@ def siteFields(values, mode, check, ConfigError):
         option (and the config file when the value came from there).
     """
     fields = {}
-    certs = _asList(values.get("tls-cert", []))
-    keys = _asList(values.get("tls-key", []))
+    certs = asList(values.get("tls-cert", []))
+    keys = asList(values.get("tls-key", []))
     if len(certs) != len(keys):
         raise ConfigError(
             f"--tls-cert: give --tls-cert and --tls-key in pairs ({len(certs)} certificates, {len(keys)} keys)"
         )
     if certs:
-        fields["serverTLS"] = _serverTLS(values, list(zip(certs, keys)), ConfigError)
+        fields["serverTLS"] = _serverTLS(values, list(zip(certs, keys)))
         fields["tlsMin"] = str(values.get("tls-min", "1.2"))
         fields["clientCA"] = values.get("client-ca")
     else:
@@ -46,9 +43,9 @@ def siteFields(values, mode, check, ConfigError):
     if mode == "reverse":
         if "upstream" not in values:
             raise ConfigError("--upstream: reverse mode needs at least one backend, e.g. --upstream http://127.0.0.1:8000")
-        fields["upstreams"] = check("upstream", lambda v: tuple(parseBackend(u) for u in _asList(v)))
+        fields["upstreams"] = check("upstream", lambda v: tuple(parseBackend(u) for u in asList(v)))
         if "route" in values:
-            fields["routes"] = check("route", lambda v: tuple(parseRoute(r) for r in _asList(v)))
+            fields["routes"] = check("route", lambda v: tuple(parseRoute(r) for r in asList(v)))
     else:
         for name in ("upstream", "route"):
             if name in values:
@@ -56,7 +53,7 @@ def siteFields(values, mode, check, ConfigError):
     return fields
 
 
-def _serverTLS(values, pairs, ConfigError):
+def _serverTLS(values, pairs):
     from proxyd.tlsserver import ServerTLS, TLSConfigError
 
     try:

@@ -212,7 +212,8 @@ class Interception:
 
     def _serve(self, tlsName, leaf):
         """Serve the client's HTTP through an inner channel bound to the origin."""
-        from proxyd.channel import INTERCEPTED, ProxyChannel
+        from proxyd.channel import ProxyChannel
+        from proxyd.deadlines import INTERCEPTED
 
         channel = self.channel
         self.peer.transport.loseConnection()  # the pool opens its own

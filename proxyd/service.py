@@ -194,7 +194,7 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.metrics is not None:
-            from proxyd.metrics import metricsFactory
+            from proxyd.metricsexport import metricsFactory
 
             # Its own listener, bound before privileges drop like the others.
             self.metricsListener = ListenerService(

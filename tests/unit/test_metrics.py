@@ -27,9 +27,9 @@ from proxyd.metrics import (
     TLS_REASONS,
     NullMetrics,
     ProxyMetrics,
-    metricsFactory,
     tlsReason,
 )
+from proxyd.metricsexport import metricsFactory
 
 
 def scrape(metrics):
