@@ -47,11 +47,13 @@ class ListenerService(Service):
 
     _log = Logger()
 
-    def __init__(self, description, endpoint, factory, reactor, stderr=None):
+    def __init__(self, description, endpoint, factory, reactor, stderr=None, option="--listen"):
         """
         @param stderr: where a start-up failure is printed; the process's
             real stderr by default.
+        @param option: the option that named this endpoint, for that line.
         """
+        self.option = option
         self.description = description
         self._stderr = stderr
         self.endpoint = endpoint
@@ -82,7 +84,7 @@ class ListenerService(Service):
             return None
         if result.check(CancelledError):
             return None
-        message = f"proxyd: --listen {self.description}: {_reason(result.value)}"
+        message = f"proxyd: {self.option} {self.description}: {_reason(result.value)}"
         if self._starting:
             self._failedNow = message
         else:
@@ -198,7 +200,8 @@ class ProxyService(MultiService):
 
             # Its own listener, bound before privileges drop like the others.
             self.metricsListener = ListenerService(
-                config.metrics, endpointFactory(reactor, config.metrics), metricsFactory(factory.metrics, reactor), reactor
+                config.metrics, endpointFactory(reactor, config.metrics), metricsFactory(factory.metrics, reactor), reactor,
+                option="--metrics",
             )
             self.metricsListener.setServiceParent(self)
 

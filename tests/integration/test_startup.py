@@ -63,6 +63,12 @@ BAD_VALUES = [
     (["--max-header-size", "lots"], "--max-header-size"),
     (["--log-format", "xml"], "--log-format"),
     (["--config", "/nonexistent/proxyd.toml"], "--config"),
+    (["--drain-timeout", "0"], "--drain-timeout"),
+    (["--drain-timeout", "later"], "--drain-timeout"),
+    (["--metrics", "nosuchendpoint:9100"], "--metrics"),
+    (["--metrics", "tcp:notaport"], "--metrics"),
+    (["--tls-min", "1.3"], "--tls-min"),
+    (["--upstream", "http://127.0.0.1:1"], "--upstream"),
 ]
 
 
