@@ -214,11 +214,32 @@ class ProxyService(MultiService):
 
     def privilegedStartService(self):
         raiseFileLimit(2 * self.config.maxConnections + 64)
+        from twisted.internet import reactor as globalReactor
+
+        if self._reactor is globalReactor and not self._reactor.running:
+            self._catchEarlySignals()
         MultiService.privilegedStartService(self)
+
+    def _catchEarlySignals(self):
+        """
+        The ports accept as soon as they are bound, but the reactor puts in
+        its signal handlers only once it runs, and then the one for SIGTERM
+        stops it with the signal re-raised (exit -15): a supervisor's early
+        SIGTERM must drain and exit 0 like a late one, and a SIGHUP must not
+        kill the process.  So ours go in before the ports are bound (queued
+        for the reactor's first turn), and the reactor's C{sigTerm} (what
+        it installs for SIGTERM when it starts) becomes ours too.
+        """
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._reactor.sigTerm = self._sigterm
+        if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, self._sighup)
 
     def startService(self):
         MultiService.startService(self)
-        self._reactor.addSystemEventTrigger("after", "startup", self._catchSigterm)
+        # "during", straight after the reactor puts in its own handlers.
+        self._reactor.addSystemEventTrigger("during", "startup", self._catchSigterm)
         self._reactor.addSystemEventTrigger("after", "startup", _freezeStartupHeap)
         from proxyd.sdnotify import Notifier
 
@@ -251,7 +272,10 @@ class ProxyService(MultiService):
         """SIGHUP reloads what can change under a running daemon (SPEC)."""
         if not hasattr(signal, "SIGHUP"):
             return
-        signal.signal(signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(self.reload))
+        signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum, frame):
+        self._reactor.callFromThread(self.reload)
 
     def reload(self):
         """

@@ -254,7 +254,7 @@ class SigtermTests(SynchronousTestCase):
     def _startedService(self):
         reactor = _ThreadingMemoryReactor()
         ProxyService(ProxyConfig(), _NoConnections(), reactor).startService()
-        trigger = reactor.triggers["after"]["startup"][0][0]
+        trigger = reactor.triggers["during"]["startup"][0][0]
         return reactor, trigger
 
     def test_sigtermStopsWithoutSignalExit(self):
@@ -272,6 +272,55 @@ class SigtermTests(SynchronousTestCase):
         reactor, trigger = self._startedService()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         trigger()
+        self.assertEqual(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)
+
+
+class EarlySignalTests(SynchronousTestCase):
+    """
+    Between binding the ports and the reactor's first turn, SIGTERM and
+    SIGHUP are not left to their defaults (death by signal).
+    """
+
+    def setUp(self):
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+            signal.signal(signum, signal.SIG_DFL)
+        self.reactor = _ThreadingMemoryReactor()
+        self.service = ProxyService(ProxyConfig(), _NoConnections(), self.reactor)
+
+    def test_sigtermBeforeRunningDrains(self):
+        """An early SIGTERM drains and stops the reactor, like a late one."""
+        self.service._catchEarlySignals()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        self.assertTrue(self.service._draining)
+        self.reactor.advance(1)
+        self.assertTrue(self.reactor.hasStopped)
+
+    def test_reactorInstallsOurs(self):
+        """What the reactor will install for SIGTERM when it starts is the
+        drain, so no signal lands between its handler and ours."""
+        self.service._catchEarlySignals()
+        self.assertEqual(self.reactor.sigTerm, self.service._sigterm)
+
+    def test_sighupBeforeRunningReloads(self):
+        """An early SIGHUP reloads instead of killing the process."""
+        reloads = []
+        self.service.reload = lambda: reloads.append(True)
+        self.service._catchEarlySignals()
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)
+        self.assertEqual(reloads, [True])
+
+    def test_othersHandlersKept(self):
+        """A handler someone else installed (an embedding program) stays."""
+        mine = lambda *a: None  # noqa: E731
+        signal.signal(signal.SIGTERM, mine)
+        self.service._catchEarlySignals()
+        self.assertIs(signal.getsignal(signal.SIGTERM), mine)
+
+    def test_onlyWithTheGlobalReactor(self):
+        """privilegedStartService with any other reactor (tests, embedding)
+        leaves the process's handlers alone."""
+        self.service.privilegedStartService()
         self.assertEqual(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)
 
 
@@ -357,7 +406,9 @@ class RealTwistdTests(SynchronousTestCase):
 
         def accepts():
             with socket.socket() as client:
-                return client.connect_ex(("127.0.0.1", port)) == 0
+                # A connect to a port nobody holds can meet itself (TCP
+                # simultaneous open): that is not the daemon listening.
+                return client.connect_ex(("127.0.0.1", port)) == 0 and client.getsockname() != client.getpeername()
 
         waitFor(accepts, timeout=30, message="proxyd to start listening")
         process.send_signal(signal.SIGTERM)
