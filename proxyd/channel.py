@@ -37,6 +37,16 @@ QUEUE_LIMIT = 65536
 # the close, so the client reads the response instead of a reset.
 LINGER = 2.0
 
+
+def _exchangeClass(pipeline):
+    """Plain exchanges unless a plugin is loaded."""
+    if pipeline.active:
+        from proxyd.rewriting import PluginExchange
+
+        return PluginExchange
+    return HttpExchange
+
+
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ProxyChannel(Deadlines, Protocol):
     """
@@ -64,11 +74,7 @@ class ProxyChannel(Deadlines, Protocol):
         self.pool = factory.pool
         self.connector = factory.connector
         self.bodyProducer = _Pauser(partial(self.pauseReading, "upstream"), partial(self.resumeReading, "upstream"))
-        self.exchangeClass = HttpExchange
-        if factory.pipeline.active:
-            from proxyd.rewriting import PluginExchange
-
-            self.exchangeClass = PluginExchange
+        self.exchangeClass = _exchangeClass(factory.pipeline)
         self.reader = h1.RequestReader(self, self.config.maxHeaderSize)
         self.exchange = None  # HttpExchange or Tunnel in flight
         self.relay = None
@@ -105,6 +111,18 @@ class ProxyChannel(Deadlines, Protocol):
         now = self.clock.seconds()
         self.lastActivity = now
         self._setDeadline(HEAD, now + self.config.headerTimeout)
+
+    def _reconfigured(self):
+        """
+        A SIGHUP reload landed since the last request: this one and the
+        next run under the new settings (policy, plugins, limits).
+        """
+        factory = self.factory
+        self.config = factory.config
+        self.exchangeClass = _exchangeClass(factory.pipeline)
+        self.reader.maxHeadSize = self.config.maxHeaderSize
+        if self.origin is None and self.peerSettled:
+            self._learnPeer()
 
     def _learnPeer(self):
         peer = self.transport.getPeer()
@@ -252,6 +270,8 @@ class ProxyChannel(Deadlines, Protocol):
         self.upstreamAddress = None
         self._setDeadline(BUSY, now + self.config.idleTimeout)
         self.holdRequest()
+        if self.config is not self.factory.config:
+            self._reconfigured()
         if not self.peerSettled:
             self.peerSettled = True
             self._learnPeer()

@@ -107,20 +107,32 @@ def fromOptions(options, reactor):
         given to L{ProxyAuth} for its thread pool.
     @raise ConfigError: anything wrong, as one line.
     """
+    values, sources, configFile = readValues(options)
+    return build(values, sources, reactor, configFile)
+
+
+def readValues(options):
+    """
+    The command line over the file, as C{(values, sources, configFile)}:
+    what L{build} takes.  Read again on C{SIGHUP} (L{proxyd.reconfig}).
+    """
     cli = {name: options.get(name) for name in OPTIONS if options.get(name)}
     configFile = options.get("config")
     fromFile = readFile(configFile) if configFile else {}
     values = merge(fromFile, cli)
     sources = {name: configFile for name in fromFile if name not in cli}
-    return build(values, sources, reactor, configFile)
+    return values, sources, configFile
 
 
-def build(values, sources, reactor, configFile=None):
+def build(values, sources, reactor, configFile=None, previous=None):
     """
     Check every value and make the L{ProxyConfig}.
 
     @param sources: C{{option: config file}} for values that came from the
         file, so a message can say where to look.
+    @param previous: on a reload, the running L{ProxyConfig}: its mitm CA
+        is kept rather than read again (it cannot change without a restart,
+        and its directory may no longer be readable after a privilege drop).
     """
 
     def check(name, checker, *args):
@@ -183,7 +195,7 @@ def build(values, sources, reactor, configFile=None):
     if ("ca-cert" in values) != ("ca-key" in values):
         raise ConfigError("--ca-cert: give --ca-cert and --ca-key together")
     if mode == "mitm":
-        fields["ca"] = _loadCA(values)
+        fields["ca"] = previous.ca if previous is not None and previous.ca is not None else _loadCA(values)
     if "max-body-buffer" in values:
         fields["maxBodyBuffer"] = check("max-body-buffer", _size)
     if "plugin-timeout" in values:

@@ -63,15 +63,7 @@ class ProxyFactory(Factory):
             trustRoot=config.trustRoot,
             tlsInsecure=config.upstreamInsecure,
         )
-        from proxyd.pipeline import Pipeline, Stage
-
-        self.pipeline = Pipeline(
-            [Stage(p.label, p.rewriter) for p in config.plugins],
-            reactor,
-            config.maxBodyBuffer,
-            config.pluginTimeout,
-        )
-        self.pipeline.runner.metrics = self.metrics
+        self.pipeline = self._pipeline(config)
         self.channels = set()
         self.draining = False
         self._saturated = False
@@ -90,6 +82,46 @@ class ProxyFactory(Factory):
                 created=", created now" if config.ca.created else "",
             )
         if config.upstreamInsecure:
+            self._log.warn("--upstream-insecure: upstream TLS certificates are NOT verified")
+
+    def _pipeline(self, config):
+        from proxyd.pipeline import Pipeline, Stage
+
+        pipeline = Pipeline(
+            [Stage(p.label, p.rewriter) for p in config.plugins],
+            self.reactor,
+            config.maxBodyBuffer,
+            config.pluginTimeout,
+        )
+        pipeline.runner.metrics = self.metrics
+        return pipeline
+
+    def reconfigure(self, config):
+        """
+        Run with a reloaded, already checked config (SIGHUP): new
+        connections use it at once, open ones from their next request on
+        (L{ProxyChannel._requestHead}); what is in flight finishes as it
+        began.  The listeners, mode, CA and access log stay (see
+        L{proxyd.reconfig}).
+        """
+        from proxyd.policy import ClientPolicy
+
+        old = self.config
+        self.clientPolicy = ClientPolicy(config.allow)
+        if self.router is None:
+            self.connector.addressPolicy = config.addressPolicy
+        elif (config.upstreams, config.routes) != (old.upstreams, old.routes):
+            from proxyd.backends import buildRouter
+
+            self.router = buildRouter(list(config.upstreams), list(config.routes), self.reactor)
+        self.connector.connectTimeout = config.connectTimeout
+        self.pool.maxHeadSize = config.maxHeaderSize
+        self.pool.idleTimeout = min(config.idleTimeout, 60.0)
+        if (config.upstreamCA, config.upstreamInsecure) != (old.upstreamCA, old.upstreamInsecure):
+            self.pool.retrust(config.trustRoot, config.upstreamInsecure)
+        self.pipeline = self._pipeline(config)
+        self.config = config
+        if config.upstreamInsecure and not old.upstreamInsecure:
             self._log.warn("--upstream-insecure: upstream TLS certificates are NOT verified")
 
     def serverTLS(self, leaf):

@@ -159,13 +159,17 @@ class ProxyService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config, factory, reactor, accessLog=None, endpointFactory=None):
+    def __init__(self, config, factory, reactor, accessLog=None, endpointFactory=None, reloader=None):
         """
         @param endpointFactory: C{(reactor, description) -> endpoint};
             L{serverFromString} unless a test gives another.
+        @param reloader: a L{proxyd.reconfig.Reloader} that reads the
+            command line and config file again on SIGHUP; without one,
+            SIGHUP re-reads the certificate files only.
         """
         MultiService.__init__(self)
         self._reactor = reactor
+        self.reloader = reloader
         self._draining = False
         self._toldStopping = False
         if endpointFactory is None:
@@ -279,27 +283,71 @@ class ProxyService(MultiService):
 
     def reload(self):
         """
-        Re-read the listener's certificates and reopen the access log.  A
-        certificate set that does not load is refused whole: the old one
-        stays, and one line says why.  Open connections are not touched.
+        SIGHUP: read the configuration again and run with it if all of it is
+        valid (else the old one stays, and one line says why), then reopen
+        the access log.  Open connections are not touched.
         """
         notifier = getattr(self, "notifier", None)
         if notifier is not None:
             notifier.reloading()
-        serverTLS = self.config.serverTLS
-        if serverTLS is not None:
-            from proxyd.tlsserver import TLSConfigError
-
-            try:
-                serverTLS.reload()
-            except TLSConfigError as e:
-                self._log.error("SIGHUP: certificates not reloaded, the old ones stay: {why}", why=str(e))
-            else:
-                self._log.info("SIGHUP: certificates reloaded ({names})", names=", ".join(serverTLS.names))
+        if self.reloader is not None:
+            self._reloadConfig()
+        elif self.config.serverTLS is not None:
+            self._reloadCertificates()
         if self.accessLog is not None:
             self.accessLog.reopen()
         if notifier is not None:
             notifier.ready()
+
+    def _reloadCertificates(self):
+        from proxyd.tlsserver import TLSConfigError
+
+        serverTLS = self.config.serverTLS
+        try:
+            serverTLS.reload()
+        except TLSConfigError as e:
+            self._log.error("SIGHUP: certificates not reloaded, the old ones stay: {why}", why=str(e))
+        else:
+            self._log.info("SIGHUP: certificates reloaded ({names})", names=", ".join(serverTLS.names))
+
+    def _reloadConfig(self):
+        from proxyd.reconfig import ConfigError, keepRunning
+
+        where = self.reloader.configFile or "the command line"
+        try:
+            reload = self.reloader.read(self.config)
+        except ConfigError as e:
+            self._log.error("SIGHUP: configuration not reloaded, the old one stays: {why}", why=str(e))
+            return
+        config = keepRunning(self.config, reload.config)
+        self._swapPluginServices(self.config.plugins, config.plugins)
+        self.factory.reconfigure(config)
+        self.config = config
+        self.reloader.applied(reload)
+        if reload.restartOnly:
+            self._log.warn(
+                "SIGHUP: {options}: changed in {where}, but applied only by a restart; the running value stays",
+                options=", ".join("--" + name for name in reload.restartOnly),
+                where=where,
+            )
+        self._log.info(
+            "SIGHUP: configuration reloaded from {where}{tls}",
+            where=where,
+            tls=" (certificates for {})".format(", ".join(config.serverTLS.names)) if config.serverTLS is not None else "",
+        )
+
+    def _swapPluginServices(self, old, new):
+        """Plugins with a life of their own that a reload made or dropped start or stop."""
+        from twisted.application.service import IService
+
+        kept = {id(plugin.rewriter) for plugin in new}
+        for plugin in old:
+            if id(plugin.rewriter) not in kept and IService.providedBy(plugin.rewriter):
+                plugin.rewriter.disownServiceParent()
+        running = {id(plugin.rewriter) for plugin in old}
+        for plugin in new:
+            if id(plugin.rewriter) not in running and IService.providedBy(plugin.rewriter):
+                plugin.rewriter.setServiceParent(self)
 
     def _catchSigterm(self):
         """

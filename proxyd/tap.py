@@ -147,9 +147,11 @@ class Options(usage.Options):
         if self["list-plugins"]:
             self._listPlugins()
         try:
-            self["proxyConfig"] = config.fromOptions(self, reactor)
+            values, sources, configFile = config.readValues(self)
+            self["proxyConfig"] = config.build(values, sources, reactor, configFile)
         except config.ConfigError as e:
             raise SystemExit(f"proxyd: {e}")
+        self["configValues"] = values  # what SIGHUP compares a re-read with
         for line in self["proxyConfig"].pluginWarnings:
             sys.stderr.write(f"proxyd: warning: plugin module failed to import: {line}\n")
 
@@ -184,4 +186,7 @@ def makeService(options):
 
         metrics = ProxyMetrics()
     factory = ProxyFactory(proxyConfig, reactor, accessLog, metrics=metrics)
-    return ProxyService(proxyConfig, factory, reactor, accessLog)
+    from proxyd.reconfig import Reloader
+
+    reloader = Reloader(options, reactor, options["configValues"])
+    return ProxyService(proxyConfig, factory, reactor, accessLog, reloader=reloader)

@@ -281,6 +281,18 @@ class ServerTLS:
         """
         self._state = self._load()
 
+    def adopt(self, other):
+        """
+        Serve what another, already loaded L{ServerTLS} serves (its files,
+        minimum version, client CA), from the next handshake on: how a
+        reloaded configuration reaches the listeners, which hold this one.
+        """
+        self._paths = other._paths
+        self._tlsMin = other._tlsMin
+        self._clientCA = other._clientCA
+        self._passwordFile = other._passwordFile
+        self._state = other._state
+
     def serverConnectionForTLS(self, tlsProtocol):
         """A connection on the current default context; SNI may switch it."""
         return SSL.Connection(self._state.defaultContext, None)

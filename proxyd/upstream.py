@@ -261,6 +261,20 @@ class UpstreamPool:
         if self.idle:
             self._sweeper = self.clock.callLater(self.idleTimeout / 2.0, self._sweep)
 
+    def retrust(self, trustRoot, tlsInsecure):
+        """
+        New trust for upstream TLS (a reload): connections verified under
+        the old one are not reused, and creators are made afresh.
+        """
+        if trustRoot is self.trustRoot and tlsInsecure == self.tlsInsecure:
+            return
+        self.trustRoot = trustRoot
+        self.tlsInsecure = tlsInsecure
+        self._creators.clear()
+        for key in [k for k in self.idle if len(k) == 4]:
+            for conn in self.idle.pop(key):
+                conn.transport.loseConnection()
+
     def closeAll(self):
         """Close every idle connection (shutdown)."""
         if self._sweeper is not None and self._sweeper.active():

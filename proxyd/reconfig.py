@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.unit.test_reconfig -*-
+"""
+SIGHUP: the command line and the --config file read again, checked whole,
+and only then applied (SPEC: "each applied only if all of it is valid;
+otherwise the old state stays and one line says why").
+
+What can change under a running daemon: the policy (--allow, proxy auth
+and its file, --connect-ports, private addresses, --passthrough), plugins
+and their settings, the listener's certificates, reverse mode's backends
+and routes, timeouts and size limits.  What is bound or opened at start-up
+(the listeners, the mode, the metrics listener, the access log's path and
+format, the mitm CA) needs a restart: a change there is reported in one
+line and the running value kept, like HAProxy's "requires a restart".
+"""
+
+import attr
+
+from proxyd.config import build, readValues
+from proxyd.configfile import ConfigError
+
+__all__ = ["RESTART_ONLY", "Reloader", "ConfigError"]
+
+RESTART_ONLY = (
+    "mode",
+    "listen",
+    "metrics",
+    "access-log",
+    "log-format",
+    "ca-dir",
+    "ca-cert",
+    "ca-key",
+    "leaf-key",
+)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Reload:
+    """
+    A checked new configuration, not yet applied.
+
+    @ivar config: the L{proxyd.config.ProxyConfig} to run with.
+    @ivar restartOnly: option names that changed but keep their running
+        value until a restart.
+    """
+
+    config: object
+    restartOnly: tuple
+
+
+class Reloader:
+    """
+    Re-reads what L{proxyd.config.fromOptions} read at start-up: the same
+    command line (which still wins) over the file as it is now.
+    """
+
+    def __init__(self, options, reactor, running):
+        """
+        @param options: the parsed command line, as given to
+            L{proxyd.config.readValues} at start-up.
+        @param running: the values the running config was built from.
+        """
+        self._options = options
+        self._reactor = reactor
+        self._running = running
+        self._pending = running
+
+    @property
+    def configFile(self):
+        return self._options.get("config")
+
+    def read(self, current):
+        """
+        Read and check everything again.
+
+        @param current: the running L{proxyd.config.ProxyConfig}.
+        @return: a L{Reload}.
+        @raise ConfigError: one line naming the option, and the file when
+            the value came from it; nothing has been changed.
+        """
+        values, sources, configFile = readValues(self._options)
+        restartOnly = []
+        for name in RESTART_ONLY:
+            if values.get(name) != self._running.get(name):
+                restartOnly.append(name)
+                if name in self._running:
+                    values[name] = self._running[name]
+                else:
+                    values.pop(name, None)
+                sources.pop(name, None)
+        tlsNames = ("tls-cert", "tls-key")
+        if bool(values.get("tls-cert")) != (current.serverTLS is not None):
+            # Turning TLS on or off re-wraps the listeners: a restart.
+            restartOnly.append("tls-cert")
+            for name in tlsNames:
+                if name in self._running:
+                    values[name] = self._running[name]
+                else:
+                    values.pop(name, None)
+        config = build(values, sources, self._reactor, configFile, previous=current)
+        self._pending = values
+        return Reload(config, tuple(restartOnly))
+
+    def applied(self, reload):
+        """The L{Reload} from the last L{read} is now running."""
+        self._running = self._pending
+
+
+def keepRunning(current, config):
+    """
+    The new config with what the running daemon holds on to:
+
+      - a plugin whose name and settings did not change keeps its running
+        rewriter (a har recorder keeps its open file rather than starting
+        it afresh), so only changed plugins are made anew;
+      - the listener's L{proxyd.tlsserver.ServerTLS} object (wrapped into
+        every port) takes the new certificates, and stays the one the
+        config names.
+    """
+    running = list(current.plugins)
+    plugins = []
+    for plugin in config.plugins:
+        if plugin in running:
+            plugin = running.pop(running.index(plugin))
+        plugins.append(plugin)
+    changes = {"plugins": tuple(plugins)}
+    if current.serverTLS is not None and config.serverTLS is not None:
+        current.serverTLS.adopt(config.serverTLS)
+        changes["serverTLS"] = current.serverTLS
+    return attr.evolve(config, **changes)
