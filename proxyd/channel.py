@@ -68,6 +68,7 @@ class ProxyChannel(Deadlines, Protocol):
         self.overTLS = False  # the client speaks TLS to this channel
         self.tunnelOpen = False
         self.peerSettled = True
+        self.carrier = None  # inside intercepted TLS: the client's TCP connection under it
         self.factory = factory
         self.config = factory.config
         self.clock = factory.clock
@@ -216,6 +217,12 @@ class ProxyChannel(Deadlines, Protocol):
         once the exchange or tunnel in flight is over.
         """
         self.closing = True
+        interception = self.interception
+        if interception is not None and interception.innerChannel is not None:
+            # The HTTP is inside the intercepted TLS: its channel decides
+            # (and an idle keep-alive there must not hold shutdown up).
+            interception.innerChannel.drain()
+            return
         idle = self.state == IDLE or (self.state == HEAD and not self.reader.headBytes and not self.reader.events)
         if idle and self.exchange is None and self.relay is None and self.interception is None:
             self._close()
@@ -409,13 +416,21 @@ class ProxyChannel(Deadlines, Protocol):
 
     def _close(self):
         self.state = CLOSING
+        self._loseConnection()
+
+    def _loseConnection(self):
         self.transport.loseConnection()
+        if self.carrier is not None:
+            # Inside intercepted TLS our close_notify is now queued; the
+            # client's need not be awaited (RFC 8446 6.1), and an idle
+            # client would never send it: the TCP connection closes too.
+            self.carrier.loseConnection()
 
     def _lingeringClose(self):
         self.state = CLOSING
         self._pauses.clear()
         if self.clientEOF or self.origin is not None or not IHalfCloseableTransport(self.transport):
-            self.transport.loseConnection()
+            self._loseConnection()
             return
         self.transport.resumeProducing()
         self.transport.loseWriteConnection()

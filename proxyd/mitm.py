@@ -219,6 +219,7 @@ class Interception:
         self.peer.transport.loseConnection()  # the pool opens its own
         inner = ProxyChannel(self.factory, origin=(tlsName, self.tunnel.host, self.tunnel.port))
         inner.denied = self.denied
+        inner.closing = channel.closing  # the daemon began draining meanwhile
         self.innerChannel = inner
         self.tunnel.mode = "intercepted" if tlsName else "plain HTTP"
         if tlsName is None:
@@ -229,6 +230,7 @@ class Interception:
             tlsFactory.noisy = False
             protocol = tlsFactory.buildProtocol(channel.transport.getPeer())
             protocol.makeConnection(channel.transport)
+            inner.carrier = channel.transport
             self.inner = protocol
         pending, self.buffer = self.buffer, b""
         channel.resumeReading("interception")

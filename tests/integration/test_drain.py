@@ -44,3 +44,25 @@ def test_idleKeepAliveDoesNotHoldShutdown(proxyd, origin):
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(10) == 0, d.logText()
         assert time.monotonic() - started < 2.0
+
+
+def test_idleKeepAliveInsideInterceptionDoesNotHoldShutdown(proxyd, tlsOrigin, certs, tmp_path):
+    """
+    mitm: a client whose keep-alive connection sits idle inside an
+    intercepted CONNECT (HTTP inside proxyd's TLS) does not hold the drain
+    up either.
+    """
+    import requests
+
+    caDir = tmp_path / "ca"
+    d = proxyd("--mode", "mitm", "--ca-dir", caDir, "--connect-ports", "*",
+               "--upstream-ca", certs["ca"], "--drain-timeout", "30")
+    with requests.Session() as s:
+        s.trust_env = False
+        r = s.get("https://localhost:%d/hello" % tlsOrigin.port, proxies=d.proxies,
+                  verify=str(caDir / "ca.pem"), timeout=15)
+        assert r.status_code == 200
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(10) == 0, d.logText()
+        assert time.monotonic() - started < 2.0, d.logText()

@@ -114,6 +114,30 @@ class InterceptionTests(SynchronousTestCase):
         upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
         self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
 
+    def test_drainClosesIdleKeepAliveInside(self):
+        """SIGTERM's drain reaches a keep-alive connection idle inside an intercepted tunnel: it closes at once."""
+        proxy = self.proxy()
+        channel, client, peer, peerT = self.connected(proxy)
+        channel.dataReceived(b"GET /inside HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        upstream, upT = proxy.acceptUpstream()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertFalse(client.disconnecting)
+        proxy.factory.drain()
+        self.assertTrue(client.disconnecting)
+
+    def test_drainLetsTheRequestInsideFinish(self):
+        """A request in flight inside the tunnel finishes, then the connection closes."""
+        proxy = self.proxy()
+        channel, client, peer, peerT = self.connected(proxy)
+        channel.dataReceived(b"GET /inside HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        upstream, upT = proxy.acceptUpstream()
+        proxy.factory.drain()
+        self.assertFalse(client.disconnecting)
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(b"Connection: close", client.value())
+        self.assertTrue(client.disconnecting)
+
     def test_garbageHelloClosed(self):
         """A malformed ClientHello ends the connection cleanly."""
         proxy = self.proxy()
