@@ -8,6 +8,7 @@ own log), and a full disk must never break a request.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -104,17 +105,29 @@ class AccessLog:
     def reopen(self):
         """
         Start a new file at the same path (after logrotate moved the old
-        one).  If the new one cannot be opened, keep writing the old one.
+        one).  If the new one cannot be opened (after C{--uid}, the run
+        user may not create files where root opened the log), say so in
+        one line and keep writing the old one: no line is lost.
+
+        If the path still names the open file, nothing was rotated and
+        nothing is done, so a SIGHUP that only reloads certificates needs
+        no new permission (a log created by root before the privilege drop
+        may not be writable by the run user).
         """
         if self._path is None:
+            return
+        if _sameFile(self._path, self._stream):
             return
         try:
             stream = _openAppend(self._path)
         except OSError as e:
+            from proxyd.privileges import runUser
+
             self._log.error(
-                "Cannot reopen the access log {path}: {error}",
+                "Cannot reopen the access log {path} as {user}: {error}; lines go on to the file it had open",
                 path=self._path,
-                error=str(e),
+                user=runUser(),
+                error=e.strerror or str(e),
             )
             return
         old, self._stream = self._stream, stream
@@ -127,6 +140,16 @@ class AccessLog:
 
 def _openAppend(path):
     return open(path, "a", buffering=1, encoding="utf-8")
+
+
+def _sameFile(path, stream):
+    """Whether C{path} names the file C{stream} has open."""
+    try:
+        there = os.stat(path)
+        here = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False  # gone, moved, or a stream without a file
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
 
 
 def _quietClose(stream):

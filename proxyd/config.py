@@ -162,7 +162,9 @@ def build(values, sources, reactor, configFile=None, previous=None):
         fields["connectPorts"] = check("connect-ports", _ports)
     fields["addressPolicy"] = _addressPolicy(values, listen)
     if "access-log" in values:
-        fields["accessLog"] = check("access-log", _accessLog)
+        # On a reload the log is already open (and after --uid the run user
+        # may not be able to open it again): its path needs a restart.
+        fields["accessLog"] = values["access-log"] if previous is not None else check("access-log", _accessLog)
     if "log-format" in values:
         fields["logFormat"] = check("log-format", _choice, ("text", "json"))
     for name, field in (

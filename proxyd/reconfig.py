@@ -18,7 +18,7 @@ import attr
 from proxyd.config import build, readValues
 from proxyd.configfile import ConfigError
 
-__all__ = ["RESTART_ONLY", "Reloader", "ConfigError"]
+__all__ = ["RESTART_ONLY", "Reloader", "ConfigError", "keepRunning", "adoptListenerTLS"]
 
 RESTART_ONLY = (
     "mode",
@@ -107,14 +107,9 @@ class Reloader:
 
 def keepRunning(current, config):
     """
-    The new config with what the running daemon holds on to:
-
-      - a plugin whose name and settings did not change keeps its running
-        rewriter (a har recorder keeps its open file rather than starting
-        it afresh), so only changed plugins are made anew;
-      - the listener's L{proxyd.tlsserver.ServerTLS} object (wrapped into
-        every port) takes the new certificates, and stays the one the
-        config names.
+    The new config with the running rewriter of every plugin whose name and
+    settings did not change (a har recorder keeps its open file rather than
+    starting it afresh): only changed plugins are made anew.
     """
     running = list(current.plugins)
     plugins = []
@@ -122,8 +117,16 @@ def keepRunning(current, config):
         if plugin in running:
             plugin = running.pop(running.index(plugin))
         plugins.append(plugin)
-    changes = {"plugins": tuple(plugins)}
-    if current.serverTLS is not None and config.serverTLS is not None:
-        current.serverTLS.adopt(config.serverTLS)
-        changes["serverTLS"] = current.serverTLS
-    return attr.evolve(config, **changes)
+    return attr.evolve(config, plugins=tuple(plugins))
+
+
+def adoptListenerTLS(current, config):
+    """
+    The last step of a reload: the listener's L{proxyd.tlsserver.ServerTLS}
+    (wrapped into every port) takes the new certificates, and stays the one
+    the config names.
+    """
+    if current.serverTLS is None or config.serverTLS is None:
+        return config
+    current.serverTLS.adopt(config.serverTLS)
+    return attr.evolve(config, serverTLS=current.serverTLS)

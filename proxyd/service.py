@@ -151,6 +151,10 @@ def _freezeStartupHeap():
     gc.freeze()
 
 
+class PluginStartError(Exception):
+    """A plugin's service would not start on a reload; one line."""
+
+
 class ProxyService(MultiService):
     """
     The root of proxyd's services: the listeners, and the access log closed
@@ -241,6 +245,11 @@ class ProxyService(MultiService):
             signal.signal(signal.SIGHUP, self._sighup)
 
     def startService(self):
+        # After twistd's --uid/--gid: what is opened from now on is checked
+        # as the run user, before the plugins' services open their files.
+        from proxyd.privileges import checkAfterDrop
+
+        checkAfterDrop(self.config)
         MultiService.startService(self)
         # "during", straight after the reactor puts in its own handlers.
         self._reactor.addSystemEventTrigger("during", "startup", self._catchSigterm)
@@ -311,7 +320,7 @@ class ProxyService(MultiService):
             self._log.info("SIGHUP: certificates reloaded ({names})", names=", ".join(serverTLS.names))
 
     def _reloadConfig(self):
-        from proxyd.reconfig import ConfigError, keepRunning
+        from proxyd.reconfig import ConfigError, adoptListenerTLS, keepRunning
 
         where = self.reloader.configFile or "the command line"
         try:
@@ -320,7 +329,12 @@ class ProxyService(MultiService):
             self._log.error("SIGHUP: configuration not reloaded, the old one stays: {why}", why=str(e))
             return
         config = keepRunning(self.config, reload.config)
-        self._swapPluginServices(self.config.plugins, config.plugins)
+        try:
+            self._swapPluginServices(self.config.plugins, config.plugins)
+        except PluginStartError as e:
+            self._log.error("SIGHUP: configuration not reloaded, the old one stays: {why}", why=str(e))
+            return
+        config = adoptListenerTLS(self.config, config)
         self.factory.reconfigure(config)
         self.config = config
         self.reloader.applied(reload)
@@ -337,17 +351,33 @@ class ProxyService(MultiService):
         )
 
     def _swapPluginServices(self, old, new):
-        """Plugins with a life of their own that a reload made or dropped start or stop."""
+        """
+        Plugins with a life of their own that a reload dropped stop, new
+        ones start.  If one cannot start (a har file the run user cannot
+        write), the new ones stop again, the dropped ones start again, and
+        L{PluginStartError} says why: the reload is refused whole.
+        """
         from twisted.application.service import IService
 
         kept = {id(plugin.rewriter) for plugin in new}
-        for plugin in old:
-            if id(plugin.rewriter) not in kept and IService.providedBy(plugin.rewriter):
-                plugin.rewriter.disownServiceParent()
         running = {id(plugin.rewriter) for plugin in old}
-        for plugin in new:
-            if id(plugin.rewriter) not in running and IService.providedBy(plugin.rewriter):
+        dropped = [p.rewriter for p in old if id(p.rewriter) not in kept and IService.providedBy(p.rewriter)]
+        added = [p for p in new if id(p.rewriter) not in running and IService.providedBy(p.rewriter)]
+        for service in dropped:
+            service.disownServiceParent()
+        started = []
+        for plugin in added:
+            try:
                 plugin.rewriter.setServiceParent(self)
+            except Exception as e:
+                if plugin.rewriter.parent is self:
+                    started.append(plugin.rewriter)
+                for service in started:
+                    service.disownServiceParent()
+                for service in dropped:
+                    service.setServiceParent(self)
+                raise PluginStartError(f"--plugin {plugin.label}: could not start: {e}") from e
+            started.append(plugin.rewriter)
 
     def _catchSigterm(self):
         """

@@ -100,6 +100,25 @@ class ReloaderTests(SynchronousTestCase):
 
 
 class KeepRunningTests(SynchronousTestCase):
+    def test_listenerTLSAdopted(self):
+        """The running ServerTLS (wrapped into the ports) takes the new one's state and stays the config's."""
+        from proxyd.reconfig import adoptListenerTLS
+
+        class TLS:
+            def __init__(self):
+                self.adopted = []
+
+            def adopt(self, other):
+                self.adopted.append(other)
+
+        import attr
+
+        base = _options()["proxyConfig"]
+        current, new = attr.evolve(base, serverTLS=TLS()), attr.evolve(base, serverTLS=TLS())
+        result = adoptListenerTLS(current, new)
+        self.assertIs(result.serverTLS, current.serverTLS)
+        self.assertEqual(current.serverTLS.adopted, [new.serverTLS])
+
     def test_unchangedPluginKeepsItsRewriter(self):
         """A plugin with the same name and settings keeps its running rewriter; a changed one is new."""
         old = _options("--plugin", "headers:set-request=X-A:1", "--plugin", "block:hosts=a.example")["proxyConfig"]
@@ -195,3 +214,47 @@ class ServiceReloadTests(SynchronousTestCase):
         self.service.reload()
         proto, transport = _client(self.factory)
         self.assertTrue(self.get(transport, proto).startswith(b"HTTP/1.1 403 "))
+
+
+def _servicePlugin(label, fail=False):
+    from twisted.application.service import Service
+
+    from proxyd.pluginload import LoadedPlugin
+
+    class Recorder(Service):
+        def startService(self):
+            Service.startService(self)
+            if fail:
+                raise PermissionError("[Errno 13] Permission denied: 'flows.har'")
+
+    return LoadedPlugin(label, label, {}, Recorder())
+
+
+class PluginServiceSwapTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        config = _options()["proxyConfig"]
+        self.service = ProxyService(config, ProxyFactory(config, self.reactor), self.reactor,
+                                    endpointFactory=lambda reactor, description: None)
+        self.service.running = 1  # as after start-up: added services start at once
+
+    def test_dropAndAdd(self):
+        old, new = _servicePlugin("a"), _servicePlugin("b")
+        old.rewriter.setServiceParent(self.service)
+        self.service._swapPluginServices((old,), (new,))
+        self.assertFalse(old.rewriter.running)
+        self.assertTrue(new.rewriter.running)
+        self.assertIs(new.rewriter.parent, self.service)
+
+    def test_failedStartRollsBack(self):
+        """A new plugin that cannot start: the others stop again, the dropped one runs again, one error to report."""
+        from proxyd.service import PluginStartError
+
+        old, good, bad = _servicePlugin("a"), _servicePlugin("b"), _servicePlugin("har", fail=True)
+        old.rewriter.setServiceParent(self.service)
+        e = self.assertRaises(PluginStartError, self.service._swapPluginServices, (old,), (good, bad))
+        self.assertIn("--plugin har: could not start", str(e))
+        self.assertTrue(old.rewriter.running)
+        self.assertFalse(good.rewriter.running)
+        self.assertFalse(bad.rewriter.running)
+        self.assertEqual([s for s in self.service if s in (good.rewriter, bad.rewriter)], [])
