@@ -18,10 +18,13 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -30,10 +33,19 @@ WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 LUA = BENCH / "wrk-proxy.lua"
 
-ALL_PROXIES = ["baseline", "proxyd", "proxyd-headers", "tinyproxy", "squid", "mitmdump", "proxypy"]
+ALL_PROXIES = ["baseline", "proxyd", "proxyd-headers", "proxyd-metrics", "tinyproxy", "squid", "mitmdump",
+               "proxypy"]
+# proxyd and its variants: not peers (the "proxyd relative to each peer" table skips them)
+PROXYD_VARIANTS = ("proxyd", "proxyd-headers", "proxyd-metrics")
 # proxyd with the bundled headers plugin on (one request and one response
 # header set): what a head-only plugin costs.  Target: >= 0.8 of plain proxyd.
 HEADERS_PLUGIN = "headers:set-request=X-Bench:1,set-response=X-Proxied:1"
+# proxyd with --metrics on (Prometheus text at /metrics on a loopback port of its own), no
+# plugin: what updating the counters costs on the hot path.  Target (issue 7): >= 0.9 of plain
+# proxyd's req/s.  Its listener is on the first free port of origin+40..origin+49 (inside
+# run.py's range, below mitm.py's 18950+).
+METRICS_TARGET = 0.9
+METRICS_PORT_OFFSETS = range(40, 50)
 ALL_MEASURES = ["parsers", "rps", "connect", "rss"]
 DEBIAN_PACKAGES = {  # binary -> Debian package (bookworm names, checked with apt-cache policy)
     "nginx": "nginx",
@@ -52,8 +64,8 @@ slow-reader RSS growth < 2 MiB; idle RSS < 40 MiB"""
 
 import benchlib  # noqa: E402  (bench/ is on sys.path when run as a script)
 from benchlib import (  # noqa: E402
-    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, curl_json, deb_version, dig, log, mib, num, ratio,
-    rotated, rss_kib, run, table,
+    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, curl_json, deb_version, dig, log, mib, num, port_free,
+    ratio, rotated, rss_kib, run, table, wait_port,
 )
 
 benchlib.LABEL = 'bench'
@@ -95,6 +107,110 @@ class ProxydHeaders(Proxyd):
 
     def argv(self):
         return self.record(Proxyd.argv(self) + ["--plugin", HEADERS_PLUGIN])
+
+
+class ProxydMetrics(Proxyd):
+    """proxyd with `--metrics tcp:MPORT:interface=127.0.0.1`. It keeps count of the GET
+    requests the bench sends through it (sent_get: at least that many were answered;
+    sent_slack: up to that many more may have reached proxyd, e.g. the ones in flight when
+    wrk stops), so that /metrics can be checked against them at the end (check_metrics)."""
+
+    name, label = "proxyd-metrics", "proxyd+metrics"
+
+    def prepare(self):
+        Proxyd.prepare(self)
+        self.metrics_port = next((self.origin_port + k for k in METRICS_PORT_OFFSETS
+                                  if port_free(self.origin_port + k)), None)
+        if self.metrics_port is None:   # all ten busy: one the kernel picks
+            with socket.socket() as s:
+                s.bind((LOOPBACK, 0))
+                self.metrics_port = s.getsockname()[1]
+        self.metrics_url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        self.sent_get = self.sent_slack = 0
+        self.sent_unknown = 0      # wrk runs whose count is unknown (wrk failed)
+        self.metrics_before = None
+
+    def argv(self):
+        return self.record(Proxyd.argv(self) + ["--metrics", f"tcp:{self.metrics_port}:interface={LOOPBACK}"])
+
+    def after_start(self, proc):
+        if not wait_port(self.metrics_port, proc, 20):
+            return f"--metrics listener not up on {LOOPBACK}:{self.metrics_port} within 20 s (exit {proc.poll()})"
+        try:
+            self.metrics_before = forward_gets(scrape_metrics(self.metrics_url))
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            return f"{self.metrics_url} unreadable at start: {type(e).__name__}: {e}"
+        return None
+
+    def count_sent(self, least, slack=0):
+        self.sent_get += least
+        self.sent_slack += slack
+
+
+def count_sent(px, least, slack=0):
+    """LEAST GET requests certainly answered through PX, SLACK more that may have reached it."""
+    if isinstance(px, ProxydMetrics):
+        px.count_sent(least, slack)
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never via $http_proxy
+
+
+def scrape_metrics(url, timeout=5):
+    """GET URL (a Prometheus text page): {(name, frozenset of (label, value) pairs): value}."""
+    with _NO_PROXY.open(url, timeout=timeout) as r:
+        if r.status != 200:
+            raise ValueError(f"{url}: HTTP {r.status}")
+        text = r.read(4 * 1024 * 1024).decode("utf-8", "replace")
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)', line)
+        if not m or line.startswith("#"):
+            continue
+        labels = frozenset(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out[m.group(1), labels] = float(m.group(3))
+    if not out:
+        raise ValueError(f"{url}: no samples")
+    return out
+
+
+def forward_gets(samples):
+    """proxyd_requests_total{mode="forward",method="GET"}, summed over status classes:
+    {code: count} (empty if none yet)."""
+    got = {}
+    for (name, labels), v in samples.items():
+        d = dict(labels)
+        if name == "proxyd_requests_total" and d.get("mode") == "forward" and d.get("method") == "GET":
+            got[d.get("code")] = got.get(d.get("code"), 0) + v
+    return got
+
+
+def check_metrics(px, res):
+    """Scrape PX's /metrics once and compare its forward GET counter with what the bench sent.
+    Sets res["metrics_check"], and res["metrics_error"] if /metrics is unreachable or the
+    counter did not move as it should."""
+    before = px.metrics_before or {}
+    lo = px.sent_get
+    hi = None if px.sent_unknown else lo + px.sent_slack
+    chk = {"url": px.metrics_url, "sent_get_min": lo, "sent_get_max": hi, "before": before}
+    res["metrics_check"] = chk
+    try:
+        after = forward_gets(scrape_metrics(px.metrics_url))
+    except (OSError, ValueError, urllib.error.URLError) as e:
+        chk["ok"] = False
+        res["metrics_error"] = f"/metrics unreachable at the end: {type(e).__name__}: {e}"
+    else:
+        moved = sum(after.values()) - sum(before.values())
+        chk.update(after=after, moved=moved)
+        chk["ok"] = ok = moved >= lo and (hi is None or moved <= hi) and moved > 0
+        if not ok:
+            res["metrics_error"] = (f"proxyd_requests_total{{mode=forward,method=GET}} moved by {moved:.0f}, "
+                                    f"but the bench sent {lo} to {hi if hi is not None else '?'} GETs through it")
+    if res.get("metrics_error"):
+        log(f"!!! {px.name}: METRICS CHECK FAILED: {res['metrics_error']}")
+    else:
+        log(f"{px.name}: /metrics forward GET counter moved by {chk['moved']:,.0f} "
+            f"(bench sent {lo:,} to {num(hi)}; by status class {after}): ok")
 
 
 class DebianProxy(benchlib.Proxy):
@@ -179,7 +295,8 @@ class Mitmdump(benchlib.Mitmdump):
         return ["--set", f"ignore_hosts=^{re.escape(LOOPBACK)}:{self.origin_port}$"]
 
 
-PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydHeaders, Tinyproxy, Squid, Mitmdump, benchlib.ProxyPy)}
+PROXY_CLASSES = {c.name: c for c in (Baseline, Proxyd, ProxydHeaders, ProxydMetrics, Tinyproxy, Squid, Mitmdump,
+                                      benchlib.ProxyPy)}
 
 
 # -------------------------------------------------------------- measuring
@@ -251,6 +368,16 @@ def wrk_once(a, port, origin_port, conc, duration, direct, pid=None):
     return r
 
 
+def count_wrk(px, r, conc):
+    """A wrk run through PX: its answered requests, and up to CONC more in flight at its end."""
+    if not isinstance(px, ProxydMetrics):
+        return
+    if isinstance(r.get("requests"), int):
+        px.count_sent(r["requests"], conc)
+    else:
+        px.sent_unknown += 1
+
+
 def measure_rps(a, targets):
     """targets: [(proxy, pid or None)]. Returns {proxy name: rps results}.
 
@@ -260,11 +387,12 @@ def measure_rps(a, targets):
     for conc in a.concurrency:
         for px, pid in targets:
             # warm-up (connections made, caches warm), not counted
-            wrk_once(a, px.port, px.origin_port, conc, 1, px.name == "baseline")
+            count_wrk(px, wrk_once(a, px.port, px.origin_port, conc, 1, px.name == "baseline"), conc)
         runs = {px.name: [] for px, _ in targets}
         for i in range(a.runs):
             for px, pid in rotated(targets, i):
                 r = wrk_once(a, px.port, px.origin_port, conc, a.duration, px.name == "baseline", pid)
+                count_wrk(px, r, conc)
                 runs[px.name].append(r)
                 log(f"{px.name} rps c={conc} run {i + 1}/{a.runs}: "
                     + (f"{r['rps']:.0f} req/s" if r.get("valid") else f"invalid ({r.get('error')})")
@@ -347,6 +475,8 @@ def start_proxy(a, px):
         return None, res
     ok, keepalive, detail = probe_plain(px.port, px.origin_port)
     res["plain_ok"], res["client_keepalive"] = ok, keepalive
+    # answered: the first GET if ok, the second if keep-alive; a failed one may have been counted
+    count_sent(px, int(ok) + int(bool(keepalive)), 2 - int(ok) - int(bool(keepalive)))
     cok, cdetail = probe_connect(px.port, px.origin_port, a.client_cpu)
     res["connect_ok"] = cok
     log(f"{px.name}: plain {detail}, keep-alive {keepalive}; CONNECT {'ok' if cok else cdetail}; "
@@ -363,6 +493,9 @@ def finish_proxy(a, px, p, res):
     if p is None:
         return
     try:
+        if isinstance(px, ProxydMetrics):
+            # before the slow readers, whose GETs are still running when they are counted
+            check_metrics(px, res)
         if "rss" in a.measure:
             if res["plain_ok"]:
                 res["slow_plain"] = measure_slow(a, px, p.pid, tunnel=False)
@@ -475,7 +608,8 @@ def render(results):
         row.append(num(mib(dig(r, "slow_plain", "rss", "growth_kib")), "{:+.1f} MiB"))
         rows.append(row)
     lines += table(hdr, rows)
-    errs = [(P[n]["label"], P[n][k]) for n in names for k in ("error", "connect_error") if P[n].get(k)]
+    errs = [(P[n]["label"], P[n][k]) for n in names for k in ("error", "connect_error", "metrics_error")
+            if P[n].get(k)]
     for lab, e in errs:
         lines.append(f"  ! {lab}: {e}")
     inval = []
@@ -514,14 +648,17 @@ def render(results):
         cells = ["req/s c={}: {}".format(c, ratio(dig(ph, "rps", f"c{c}", "median"), dig(pd, "rps", f"c{c}", "median")))
                  for c in concs]
         lines.append("plugin cost (proxyd+headers / proxyd; target >= 0.8): " + ", ".join(cells))
-    if pd and [n for n in names if n not in ("baseline", "proxyd", "proxyd-headers")]:
+    pm = P.get("proxyd-metrics")
+    if pd and pm:
+        lines += metrics_cost_lines(pd, pm, concs, not ph)
+    if pd and [n for n in names if n not in ("baseline",) + PROXYD_VARIANTS]:
         lines.append("")
         lines.append("proxyd relative to each peer (proxyd / peer; RSS: proxyd minus peer):")
         hdr3 = (["peer"] + [f"req/s c={c}" for c in concs] + [f"CPU/req c={max(concs)} (peer/proxyd)"]
                 + ["CONNECT MB/s", "idle RSS", "dRSS slow plain"])
         rows3 = []
         for n in names:
-            if n in ("baseline", "proxyd", "proxyd-headers"):
+            if n in ("baseline",) + PROXYD_VARIANTS:
                 continue
             row = [P[n]["label"]]
             for c in concs:
@@ -572,6 +709,33 @@ def render(results):
     lines.append("CPU us/req = the proxy's own user+system CPU time per request (less disturbed by other load "
                  "than req/s); keep-alive = a second request is answered on the same client connection.")
     return "\n".join(lines)
+
+
+def metrics_cost_lines(pd, pm, concs, blank):
+    """The --metrics cost: req/s ratio proxyd+metrics / proxyd per concurrency (medians over the
+    runs) against the issue-7 target, each one's CPU us/req, and the /metrics counter check."""
+    lines = [""] if blank else []
+    cells = []
+    for c in concs:
+        on, off = dig(pm, "rps", f"c{c}", "median"), dig(pd, "rps", f"c{c}", "median")
+        con, coff = (dig(pm, "rps", f"c{c}", "cpu_us_per_req_median"),
+                     dig(pd, "rps", f"c{c}", "cpu_us_per_req_median"))
+        verdict = "-" if not on or not off else ("met" if on >= METRICS_TARGET * off else "MISS")
+        cells.append(f"c={c}: {ratio(on, off)} {verdict} (CPU us/req {num(coff)} off, {num(con)} on, "
+                     f"off/on {ratio(coff, con)})")
+    lines.append(f"metrics cost (proxyd+metrics / proxyd, req/s; issue 7 target >= {METRICS_TARGET}): "
+                 + "; ".join(cells))
+    chk = pm.get("metrics_check")
+    if chk:
+        hi = chk.get("sent_get_max")
+        if "moved" in chk:
+            lines.append(f"  /metrics after the runs: proxyd_requests_total{{mode=forward,method=GET}} moved by "
+                         f"{chk['moved']:,.0f}; the bench sent {chk['sent_get_min']:,} answered GETs "
+                         f"(+ up to {num(None if hi is None else hi - chk['sent_get_min'])} in flight): "
+                         + ("ok" if chk.get("ok") else "FAILED"))
+        else:
+            lines.append(f"  /metrics after the runs: FAILED ({pm.get('metrics_error')})")
+    return lines
 
 
 def check_targets(results):
@@ -699,7 +863,12 @@ def main(argv=None):
             bench_in_turn(a, proxies, big_size, results, save)
         PROCS.stop_all()
 
-    return benchlib.finish(results, out_json, render)
+    rc = benchlib.finish(results, out_json, render)
+    bad = [n for n, r in results["proxies"].items() if r.get("metrics_error")]
+    if bad:
+        log(f"!!! {', '.join(bad)}: the /metrics check failed (see above); exit 3")
+        return 3
+    return rc
 
 if __name__ == "__main__":
     sys.exit(main())
