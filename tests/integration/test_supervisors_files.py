@@ -15,6 +15,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -320,9 +321,11 @@ def test_supervisordProgram():
 
 
 def _supervisorCommand(venv, name):
-    path = venv / "bin" / name
-    if path.exists():
-        return str(path)
+    """supervisord from the daemon's venv, the test runner's (the [test] extras bring it), or PATH."""
+    for directory in (venv / "bin", Path(sys.executable).parent):
+        path = directory / name
+        if path.exists():
+            return str(path)
     return requireCommand(name)
 
 
