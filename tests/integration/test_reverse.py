@@ -835,6 +835,30 @@ def test_failedReloadKeepsCertificatesAndLogsOneLine(reloadable, pki, sites):
     assert "Traceback" not in d.logText()
 
 
+def test_sighupReloadsBackends(tmp_path, sites, proxyd, origin, pki):
+    """--upstream in the config file changed, SIGHUP: requests go to the new backend; a bad URL changes nothing."""
+    conf = tmp_path / "proxyd.toml"
+    conf.write_text('upstream = ["%s"]\n' % origin.url("/echo/one"))
+    d = proxyd("--mode", "reverse", "--tls-cert", sites.default.cert, "--tls-key", sites.default.key,
+               "--config", conf)
+
+    def backendPath():
+        status, _, body = fetch(d, "localhost", "/x", pki.rootPem)
+        assert status == 200, body
+        return json.loads(body)["path"]
+
+    assert backendPath() == "/echo/one/x"
+    _replace(conf, ('upstream = ["%s"]\n' % origin.url("/echo/two")).encode())
+    d.proc.send_signal(signal.SIGHUP)
+    waitFor(lambda: backendPath() == "/echo/two/x", timeout=10, message="the reloaded backend")
+    before = len(settledLog(d))
+    _replace(conf, b'upstream = ["ftp://127.0.0.1/"]\n')
+    d.proc.send_signal(signal.SIGHUP)
+    waitFor(lambda: [l for l in logLines(d)[before:] if "not reloaded" in l], timeout=10, message="the refusal")
+    assert backendPath() == "/echo/two/x"
+    assert d.running()
+
+
 # ---------------------------------------------------------------------------
 # PROXY protocol
 
