@@ -1,9 +1,11 @@
 """
-What bench/run.py and bench/mitm.py share: bounded subprocesses, the
-processes a bench starts (each in its own group, stopped at exit), port
-waits, RSS and CPU of a process tree, Debian packages and venvs, proxyd
-installed from a copy of the work tree, the nginx origin, the proxies both
-benches run (proxyd, mitmdump, proxy.py: install, argv, start), curl, the
+What bench/run.py, bench/mitm.py and bench/reverse.py share: bounded
+subprocesses, the processes a bench starts (each in its own group, stopped
+at exit), port waits, RSS and CPU of a process tree, Debian packages and
+venvs, proxyd installed from a copy of the work tree, the nginx origin and
+its config, the proxies the benches run (proxyd, mitmdump, proxy.py, a
+proxy from its Debian package: install, argv, start), wrk's BENCHJSON line,
+curl downloads, interleaved rounds and their medians, the command line, the
 start and end of a run, and the helpers the result tables are built with.
 
 Set LABEL to name the bench in messages.
@@ -12,6 +14,7 @@ Set LABEL to name the bench in messages.
 import argparse
 import atexit
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -27,6 +30,10 @@ import time
 from pathlib import Path
 
 LABEL = "bench"
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+WRK_LUA = BENCH / "wrk-proxy.lua"   # run.py's wrk script
 LOOPBACK = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SMALL_SIZE = 1024        # the origin's /small
@@ -375,20 +382,16 @@ def prepare_www(work, big_mib, small_line, big_from=None):
     return size
 
 
-def start_nginx(procs, work, port, cpu, comment, listen="", server=(), tcp_nopush=False):
-    """nginx serving WORK/www on 127.0.0.1:PORT with its own config, pid, logs and temp
-    dirs under WORK/nginx (never the system's): one worker, keep-alive, no access log.
+def nginx_conf(d, comment, first, rest):
+    """An nginx config with its pid, logs and temp dirs under D (made here), never the
+    system's: one worker, in the foreground, no access log, tcp_nodelay, keep-alive.
 
-    comment: the config's first line; listen: appended to the listen address (" ssl");
-    server: more lines for the server block."""
-    d = work / "nginx"
+    comment: its first line; first: http-block lines before tcp_nodelay; rest: the
+    http block's lines after the keep-alive ones (upstreams, servers)."""
     for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    conf = d / "nginx.conf"
     user = "user root;" if os.geteuid() == 0 else ""
-    nopush = "    tcp_nopush on;\n" if tcp_nopush else ""
-    more = "".join(f"        {line}\n" for line in server)
-    conf.write_text(f"""\
+    return f"""\
 # {comment}
 {user}
 worker_processes 1;
@@ -403,18 +406,33 @@ http {{
     fastcgi_temp_path {d}/tmp/fastcgi;
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-{nopush}    tcp_nodelay on;
+{first}    tcp_nodelay on;
     keepalive_timeout 65;
     keepalive_requests 10000000;
+{rest}}}
+"""
+
+
+def start_nginx(procs, work, port, cpu, comment, listen="", server=(), tcp_nopush=False):
+    """nginx serving WORK/www on 127.0.0.1:PORT with its own config, pid, logs and temp
+    dirs under WORK/nginx (never the system's): one worker, keep-alive, no access log.
+
+    comment: the config's first line; listen: appended to the listen address (" ssl");
+    server: more lines for the server block."""
+    d = work / "nginx"
+    conf = d / "nginx.conf"
+    nopush = "    tcp_nopush on;\n" if tcp_nopush else ""
+    more = "".join(f"        {line}\n" for line in server)
+    conf.write_text(nginx_conf(d, comment, f"""\
+    default_type application/octet-stream;
+    sendfile on;
+{nopush}""", f"""\
     server {{
         listen {LOOPBACK}:{port}{listen};
 {more}        root {work}/www;
         location / {{ }}
     }}
-}}
-""")
+"""))
     if not port_free(port):
         raise SystemExit(f"{LABEL}: origin port {port} is busy (use --port-base)")
     p = procs.start("nginx", ["nginx", "-p", f"{d}/", "-e", d / "error.log", "-c", conf], cpu=cpu,
@@ -422,6 +440,17 @@ http {{
     if not wait_port(port, p, 20):
         raise SystemExit(f"{LABEL}: nginx did not start; see {d}/error.log")
     return p
+
+
+def check_small(port, what):
+    """GET /small from the plain-HTTP server on 127.0.0.1:PORT: SMALL_SIZE bytes with 200, or exit."""
+    c = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    c.request("GET", "/small")
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    if r.status != 200 or len(body) != SMALL_SIZE:
+        raise SystemExit(f"{LABEL}: {what} answered {r.status} with {len(body)} bytes")
 
 
 # ----------------------------------------------------------------- proxies
@@ -562,6 +591,31 @@ class ProxyPy(Proxy):
                 "--data-dir", self.dir / "data"]
 
 
+class DebianProxy(Proxy):
+    """A proxy from its Debian package (PACKAGE, default: its name), run in the foreground as
+    head() + its config file (made by conf_text()); flags: those arguments, the config file
+    as its name (as its path with FLAGS_CONF_PATH), and SUMMARY, what the config sets."""
+
+    package = command_head = summary = None
+    flags_conf_path = False
+
+    def install(self):
+        self.version = deb_version(self.package or self.name)
+
+    def prepare(self):
+        self.conf = self.dir / f"{self.name}.conf"
+        self.conf.write_text(self.conf_text())
+
+    def head(self):
+        return list(self.command_head)
+
+    def argv(self):
+        head = self.head()
+        shown = [str(x) for x in head[1:]] + [str(self.conf) if self.flags_conf_path else self.conf.name]
+        self.flags = f"{' '.join(shown)} ({self.summary})"
+        return head + [self.conf]
+
+
 def make_proxies(classes, a, work, origin_port, *extra):
     """classes[name](work, a, port, origin_port, *extra) for each of a.proxies, on the ports after
     origin_port, installed (with --no-install: as they are)."""
@@ -617,24 +671,100 @@ def curl_json(argv, timeout, cpu):
     return p.returncode, w, p.stderr.decode(errors="replace").strip()
 
 
+def wrk_done_lua():
+    """The done() of run.py's wrk script (WRK_LUA, to its end): the one BENCHJSON line of
+    counts every bench's wrk script writes when wrk stops."""
+    text = WRK_LUA.read_text()
+    return text[text.index("function done("):]
+
+
+def download_record(rc, w, rss, **more):
+    """One curl download (its exit code RC, its -w %{json} W, RSS samples RSS) as a result:
+    bytes, status, seconds, MB/s, RSS, the load average now, then MORE."""
+    return {"curl_exit": rc, "size": w.get("size_download", 0), "http_code": w.get("http_code"),
+            "time_total": w.get("time_total") or 0, "mb_per_s": (w.get("speed_download") or 0) / 1e6,
+            "rss": rss, "loadavg": round(os.getloadavg()[0], 2), **more}
+
+
+def judge_download(r, err, big_size):
+    """r["valid"]: the download R got all BIG_SIZE bytes with 200 and curl exited 0; else
+    r["error"] (ERR: curl's stderr). True when a further try is pointless: curl gave up at
+    its --max-time (too slow or stalled), another would take as long again."""
+    rc, size = r["curl_exit"], r["size"]
+    r["valid"] = rc == 0 and size == big_size and r["http_code"] == 200
+    if r["valid"]:
+        return False
+    r["error"] = f"curl exit {rc}, {size / 1e6:.1f} of {big_size / 1e6:.0f} MB, {err[-200:]}"
+    if rc == 28:
+        r["error"] += " (no further runs)"
+        return True
+    return False
+
+
+def log_download(name, i, n, r):
+    """The log line of NAME's download R, run I of N."""
+    log(f"{name} download run {i + 1}/{n}: "
+        + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"INVALID ({r['error']})")
+        + (f", proxy core {r['proxy_cpu_share']:.2f}" if r.get("proxy_cpu_share") is not None else "")
+        + (f", client core {r['client_core_share']:.2f}" if r.get("client_core_share") is not None else "")
+        + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
+
+
+def medians(rs, *keys):
+    """{key: the median of r[key] over the runs RS where it is not None (None if none)} for KEYS."""
+    out = {}
+    for k in keys:
+        xs = [r[k] for r in rs if r.get(k) is not None]
+        out[k] = statistics.median(xs) if xs else None
+    return out
+
+
 def download_summary(rs, *keys):
     """Downloads' results RS: the median MB/s of the valid ones, the median of each of KEYS
     over them, the largest RSS growth."""
-    def med(xs):
-        return statistics.median(xs) if xs else None
-    good = [r["mb_per_s"] for r in rs if r["valid"]]
+    good = [r for r in rs if r["valid"]]
     growth = [r["rss"]["growth_kib"] for r in rs if r["rss"]]
-    out = {"median_mb_per_s": med(good), "valid_runs": len(good)}
-    for k in keys:
-        out[k] = med([r[k] for r in rs if r["valid"] and r.get(k) is not None])
+    out = {"median_mb_per_s": medians(good, "mb_per_s")["mb_per_s"], "valid_runs": len(good)}
+    out.update(medians(good, *keys))
     out.update(rss_growth_kib_max=max(growth) if growth else None, runs=rs)
     return out
+
+
+def rate_summary(rs, conc, keys, more=None):
+    """Rate runs RS at concurrency CONC: over the valid ones the median rate (as "median") and
+    the median of each of KEYS, then what MORE(valid runs) adds, the count of valid runs, RS."""
+    good = [r for r in rs if r["valid"]]
+    m = medians(good, "rate", *keys)
+    return {"median": m.pop("rate"), **m, **(more(good) if more else {}),
+            "valid_runs": len(good), "runs": rs, "concurrency": conc}
 
 
 def rotated(items, i):
     """items in a different order each round, so no proxy always runs first or last."""
     k = i % len(items)
     return items[k:] + items[:k]
+
+
+def rounds(items, n):
+    """(i, item) for N interleaved rounds: round i runs every one of ITEMS once, rotated."""
+    for i in range(n):
+        for item in rotated(items, i):
+            yield i, item
+
+
+def idle_check(pids, phase, seconds=1.0):
+    """CPU each proxy of PIDS ({name: pid}) uses over SECONDS while nobody talks to it: one
+    still busy with an earlier, abandoned connection would steal the shared proxy core from
+    the next one measured. Returns {name: core share}, logs the busy ones."""
+    c0 = {n: cpu_seconds(p) for n, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    out = {n: round((cpu_seconds(p) - c0[n]) / dt, 3) for n, p in pids.items()}
+    busy = {n: v for n, v in out.items() if v > 0.05}
+    if busy:
+        log(f"warning: before {phase}, idle proxies used CPU: {busy}")
+    return out
 
 
 # ------------------------------------------------------------ a run: start, end
@@ -646,14 +776,16 @@ def arg_parser(prog, doc):
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-def add_common_args(ap, repo, client_cpu_help, origin_cpu_help, no_install_help, proxyd_ref=False):
-    """The options both benches have, from --proxy-cpu to --render (the last ones in --help)."""
+def add_common_args(ap, port_base, port_help, client_cpu_help, origin_cpu_help, no_install_help,
+                    proxyd_ref=False):
+    """The options every bench has, from --port-base to --render (the last ones in --help)."""
+    ap.add_argument("--port-base", type=int, default=port_base, help=port_help)
     ap.add_argument("--proxy-cpu", type=int, default=1, help="core every proxy is pinned to")
     ap.add_argument("--client-cpu", type=int, default=0, help=client_cpu_help)
     ap.add_argument("--origin-cpu", default=None, help=origin_cpu_help)
     ap.add_argument("--start-timeout", type=int, default=60, help="seconds a proxy may take to listen")
     ap.add_argument("--python", default=sys.executable, help="Python used to make the venvs")
-    ap.add_argument("--proxyd-src", default=str(repo), help="proxyd work tree to install")
+    ap.add_argument("--proxyd-src", default=str(REPO), help="proxyd work tree to install")
     if proxyd_ref:
         ap.add_argument("--proxyd-ref", default=None,
                         help="install this git commit of --proxyd-src instead of its work tree")
@@ -670,6 +802,27 @@ def split_choices(ap, a, all_proxies, all_measures):
     bad = [p for p in a.proxies if p not in all_proxies] + [m for m in a.measure if m not in all_measures]
     if bad:
         ap.error(f"unknown proxy or measurement: {', '.join(bad)}")
+
+
+def parse(ap, argv, all_proxies, all_measures, quick, ranges, numbers=()):
+    """ARGV parsed by AP. Unless it asks for --render: --proxies and --measure as lists
+    (split_choices), each (option, lo, hi) of NUMBERS a comma-separated list of whole numbers
+    within lo..hi, the options QUICK ({option: value}) sets under --quick, RANGES checked
+    (check_args)."""
+    a = ap.parse_args(argv)
+    if a.render:
+        return a
+    split_choices(ap, a, all_proxies, all_measures)
+    for name, lo, hi in numbers:
+        values = [int(c) for c in getattr(a, name).split(",") if c.strip()]
+        if not values or any(not lo <= c <= hi for c in values):
+            ap.error(f"--{name.replace('_', '-')}: numbers {lo}..{hi}")
+        setattr(a, name, values)
+    if a.quick:
+        for name, value in quick.items():
+            setattr(a, name, value)
+    check_args(ap, a, ranges)
+    return a
 
 
 def check_args(ap, a, ranges):
@@ -701,15 +854,62 @@ def host_info():
             "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
 
 
-def begin(procs, work, results_dir):
-    """Signals end the run (and PROCS with it, at exit); WORK and RESULTS_DIR made.
+def main(argv, parse_args, render, bench):
+    """A bench's command line: ARGV (None: this process's) parsed by PARSE_ARGS; with --render,
+    that saved results file printed by RENDER; else BENCH(args, argv) run. Returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    if a.render:
+        print(render(json.loads(Path(a.render).read_text())))
+        return 0
+    return bench(a, argv)
+
+
+def begin(procs, work, results_dir, pin=None):
+    """Signals end the run (and PROCS with it, at exit); WORK and RESULTS_DIR made; with PIN,
+    this script and all it starts from now on pinned to that core (off the proxy core).
     Returns the start time."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     atexit.register(procs.stop_all)
+    if pin is not None:
+        try:
+            os.sched_setaffinity(0, {pin})
+        except OSError as e:
+            log(f"warning: could not pin to core {pin}: {e}")
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     return datetime.datetime.now().astimezone()
+
+
+def new_results(started, script, argv, a, options, versions, **meta):
+    """A run's results, no proxies yet: its meta, with the start time, the command line (SCRIPT
+    ARGV), the host, OPTIONS (the values of these attributes of A; origin_port: --port-base),
+    the Debian VERSIONS of these packages (nginx: nginx-core, nginx-light or nginx), then META."""
+    def version(package):
+        if package == "nginx":
+            return deb_version("nginx-core") or deb_version("nginx-light") or deb_version("nginx")
+        return deb_version(package)
+    return {"meta": {
+        "started": started.isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(x) for x in [script] + list(argv)),
+        "host": host_info(),
+        "options": {k: a.port_base if k == "origin_port" else getattr(a, k) for k in options.split()},
+        "versions": {package: version(package) for package in versions.split()},
+        **meta,
+    }, "proxies": {}}
+
+
+def saver(results, out_json):
+    """A function that saves RESULTS, as they are when it is called, to OUT_JSON."""
+    return lambda: out_json.write_text(json.dumps(results, indent=1))
+
+
+def record(results, key, measured, save):
+    """Each proxy's results of one measurement, MEASURED ({proxy name: results}), under KEY; saved."""
+    for name, r in measured.items():
+        results["proxies"][name][key] = r
+    save()
 
 
 def finish(results, out_json, render):
@@ -752,3 +952,81 @@ def table(hdr, rows):
     w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)] if rows else [len(h) for h in hdr]
     fmt = lambda r: "  ".join(str(x).rjust(w[i]) if i else str(x).ljust(w[i]) for i, x in enumerate(r))
     return [fmt(hdr), fmt(["-" * x for x in w])] + [fmt(r) for r in rows]
+
+
+def head_lines(m):
+    """The lines under a table's title: which proxyd (META m's proxyd_git, installed from the
+    work tree) and the command line."""
+    g = m.get("proxyd_git") or {}
+    out = []
+    if g.get("commit"):
+        out.append(f"proxyd {g['commit'][:12]} \"{g.get('subject')}\" {g.get('date')}; installed from the work "
+                   f"tree: outside bench/ {g.get('dirty_files_outside_bench')} modified, "
+                   f"{g.get('untracked_files_outside_bench')} untracked files")
+    out.append(f"command: {m['command']}")
+    return out
+
+
+def invalid_runs(label, what, v, error="error"):
+    """['  ! LABEL WHAT: N invalid run(s): ERROR of the first'] if the measurement V (its
+    valid_runs and runs) had invalid runs, else []."""
+    if v and v["valid_runs"] < len(v["runs"]):
+        bad = [x.get(error) for x in v["runs"] if not x.get("valid")]
+        return [f"  ! {label} {what}: {len(bad)} invalid run(s): {bad[0]}"]
+    return []
+
+
+def saturation(P, names, keys):
+    """'LABEL KEY RATE' for each measurement of KEYS of the proxies NAMES of P: the rate at which
+    the client's core would be saturated, from the share of it the client used at the measured rate."""
+    out = []
+    for n in names:
+        for k in keys:
+            rate, share = dig(P[n], k, "median"), dig(P[n], k, "client_core_share")
+            if rate and share:
+                out.append(f"{P[n]['label']} {k} {num(rate / share)}")
+    return out
+
+
+def target_lines(issue, targets, checks):
+    """proxyd's targets from ISSUE (TARGETS, their text), then CHECKS (check_targets' lines)."""
+    return (["", f"proxyd targets ({issue}): " + targets,
+             "  (lines marked (CPU) compare the proxies' own CPU time per operation: the same target, "
+             "less disturbed by other work on the shared cores)"]
+            + ["  " + t for t in checks])
+
+
+def machine_lines(results, names, keys):
+    """Other work on the machine: the proxies that used CPU while idle, and the load average at
+    the start and during the runs of KEYS of the proxies NAMES."""
+    m, P = results["meta"], results["proxies"]
+    out = []
+    busy = [f"{phase}: {n} {v:.2f}" for phase, d in (results.get("idle_cpu_share") or {}).items()
+            for n, v in d.items() if v > 0.05]
+    if busy:
+        out.append("  ! CPU used by proxies nobody was talking to (core share over 1 s): " + ", ".join(busy))
+    loads = [x["loadavg"] for n in names for k in keys
+             for x in (dig(P[n], k, "runs") or []) if x.get("loadavg") is not None]
+    out.append(f"1-min load average at start {m['host']['loadavg_at_start'][0]:.2f}"
+               + (f", during the runs {min(loads):.2f}-{max(loads):.2f} (median {statistics.median(loads):.2f})"
+                  if loads else "")
+               + f" on {m['host']['cpus']} cores: what is over ~1 is other work on the machine, competing with "
+               "the proxy and the client for their cores")
+    return out
+
+
+class Verdicts(list):
+    """The lines of check_targets: called with (name, ok, detail), adds 'met ', 'MISS' or, where
+    ok is None (not measured), UNKNOWN, then the name and detail."""
+
+    def __init__(self, unknown="-   "):
+        super().__init__()
+        self.unknown = unknown
+
+    def __call__(self, name, ok, detail):
+        self.append(f"{self.unknown if ok is None else ('met ' if ok else 'MISS')}  {name}: {detail}")
+
+
+def at_least(x, y, k=1.0):
+    """x >= k * y, or None if either is missing."""
+    return None if x is None or y is None else x >= k * y

@@ -24,13 +24,11 @@ wait is bounded in count and time.
 
 import atexit
 import errno
-import json
 import multiprocessing
 import os
 import re
 import resource
 import selectors
-import shlex
 import shutil
 import socket
 import ssl
@@ -38,12 +36,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+import benchlib  # bench/ is on sys.path when run as a script
+from benchlib import (
+    BENCH, LOOPBACK, RESULTS, SMALL_SIZE, Procs, RssSampler, cpu_seconds, dig, log, mib, num, ratio, rss_kib, run,
+    table,
+)
+
 WORK = BENCH / ".work" / "mitm"
-RESULTS = BENCH / "results"
 HOSTNAME = "localhost"          # the origin's name: CONNECT target, SNI, certificate SAN
 
 ALL_PROXIES = ["baseline", "proxyd", "proxyd-rsa", "mitmdump", "proxypy"]
@@ -57,13 +57,6 @@ TARGETS = ("new connections/s >= 3x mitmdump; keep-alive req/s >= proxy.py's and
 # What the issue says the peers measure on this machine, for comparison.
 ISSUE_FIGURES = "mitmdump 160, proxy.py 230 new conn/s; 840 and 2,600 keep-alive req/s; " \
                 "mitmdump 300 MB/s (proxy.py stalls); mitmdump RSS growth < 1 MiB"
-
-
-import benchlib  # noqa: E402  (bench/ is on sys.path when run as a script)
-from benchlib import (  # noqa: E402
-    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, deb_version, dig, log, mib, num, ratio, rotated,
-    rss_kib, run, table,
-)
 
 benchlib.LABEL = 'mitm bench'
 PROCS = Procs()
@@ -739,38 +732,27 @@ def measure_clients(a, mode, conc, live, origin_pid):
     runs = {px.name: [] for px, _ in live}
     for px, pid in live:   # warm-up: leaves made, pools and caches filled; not counted
         run_clients(mode, _target(px), conc, min(2, a.duration), a.client_cpu, a.client_procs)
-    for i in range(a.runs):
-        for px, pid in rotated(live, i):
-            load = os.getloadavg()[0]
-            r = run_clients(mode, _target(px), conc, a.duration, a.client_cpu, a.client_procs,
-                            watch={"proxy": pid, "origin": origin_pid})
-            r.setdefault("proxy_cpu_s", None)
-            r["proxy_cpu_us_per_op"] = (r["proxy_cpu_s"] / r["ops"] * 1e6
-                                        if r["proxy_cpu_s"] is not None and r["ops"] else None)
-            r["proxy_cpu_share"] = r["proxy_cpu_s"] / a.duration if r["proxy_cpu_s"] is not None else None
-            # core 0 (client + origin) busy share: near 1.0 would mean the client side is the limit
-            r["client_core_share"] = (r["client_cpu_s"] + r["origin_cpu_s"]) / a.duration
-            r["loadavg"] = round(load, 2)
-            r["valid"] = r["ops"] > 0 and r["errors"] <= max(2, 0.01 * r["ops"])
-            runs[px.name].append(r)
-            log(f"{px.name} {mode} c={conc} run {i + 1}/{a.runs}: {r['rate']:.0f}/s, {r['errors']} errors"
-                + (f", proxy CPU {r['proxy_cpu_us_per_op']:.0f} us/op share {r['proxy_cpu_share']:.2f}"
-                   if r["proxy_cpu_us_per_op"] else "")
-                + f", client core {r['client_core_share']:.2f}"
-                + ("" if r["valid"] else f" INVALID ({r['first_error']})"))
-    out = {}
-    for px, _ in live:
-        rs = runs[px.name]
-        good = [r for r in rs if r["valid"]]
-
-        def med(k):
-            xs = [r[k] for r in good if r.get(k) is not None]
-            return statistics.median(xs) if xs else None
-        out[px.name] = {"median": med("rate"), "proxy_cpu_us_per_op": med("proxy_cpu_us_per_op"),
-                        "proxy_cpu_share": med("proxy_cpu_share"), "client_core_share": med("client_core_share"),
-                        "client_cpu_us_per_op": med("client_cpu_us_per_op"),
-                        "valid_runs": len(good), "runs": rs, "concurrency": conc}
-    return out
+    for i, (px, pid) in benchlib.rounds(live, a.runs):
+        load = os.getloadavg()[0]
+        r = run_clients(mode, _target(px), conc, a.duration, a.client_cpu, a.client_procs,
+                        watch={"proxy": pid, "origin": origin_pid})
+        r.setdefault("proxy_cpu_s", None)
+        r["proxy_cpu_us_per_op"] = (r["proxy_cpu_s"] / r["ops"] * 1e6
+                                    if r["proxy_cpu_s"] is not None and r["ops"] else None)
+        r["proxy_cpu_share"] = r["proxy_cpu_s"] / a.duration if r["proxy_cpu_s"] is not None else None
+        # core 0 (client + origin) busy share: near 1.0 would mean the client side is the limit
+        r["client_core_share"] = (r["client_cpu_s"] + r["origin_cpu_s"]) / a.duration
+        r["loadavg"] = round(load, 2)
+        r["valid"] = r["ops"] > 0 and r["errors"] <= max(2, 0.01 * r["ops"])
+        runs[px.name].append(r)
+        log(f"{px.name} {mode} c={conc} run {i + 1}/{a.runs}: {r['rate']:.0f}/s, {r['errors']} errors"
+            + (f", proxy CPU {r['proxy_cpu_us_per_op']:.0f} us/op share {r['proxy_cpu_share']:.2f}"
+               if r["proxy_cpu_us_per_op"] else "")
+            + f", client core {r['client_core_share']:.2f}"
+            + ("" if r["valid"] else f" INVALID ({r['first_error']})"))
+    return {px.name: benchlib.rate_summary(runs[px.name], conc, ("proxy_cpu_us_per_op", "proxy_cpu_share",
+                                                                 "client_core_share", "client_cpu_us_per_op"))
+            for px, _ in live}
 
 
 def curl_json(argv, timeout, cpu):
@@ -786,55 +768,33 @@ def _curl_via(px):
 def measure_download(a, live, big_size, origin_pid):
     runs = {px.name: [] for px, _ in live}
     gave_up = set()
-    for i in range(a.dl_runs):
-        for px, pid in rotated(live, i):
-            if px.name in gave_up:
-                continue
-            c0, o0 = (cpu_seconds(pid) if pid else None), cpu_seconds(origin_pid)
-            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            with RssSampler(pid) as s:
-                rc, w, err = curl_json(_curl_via(px) + ["--max-time", str(a.dl_max_time)],
-                                       a.dl_max_time + 30, a.client_cpu)
-            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            size = w.get("size_download", 0)
-            t = w.get("time_total") or 0
-            r = {"curl_exit": rc, "size": size, "http_code": w.get("http_code"),
-                 "time_total": t, "mb_per_s": (w.get("speed_download") or 0) / 1e6,
-                 "rss": s.result(), "loadavg": round(os.getloadavg()[0], 2)}
-            if t:
-                # which core was the limit: the proxy's, or core 0 (curl decrypting + nginx encrypting)
-                curl_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-                r["proxy_cpu_share"] = (cpu_seconds(pid) - c0) / t if pid else None
-                r["client_core_share"] = (curl_cpu + cpu_seconds(origin_pid) - o0) / t
-            r["valid"] = rc == 0 and size == big_size and w.get("http_code") == 200
-            if not r["valid"]:
-                r["error"] = f"curl exit {rc}, {size / 1e6:.1f} of {big_size / 1e6:.0f} MB, {err[-200:]}"
-                if rc == 28:   # stalled or too slow: another try would take as long again
-                    gave_up.add(px.name)
-                    r["error"] += " (no further runs)"
-            runs[px.name].append(r)
-            log(f"{px.name} download run {i + 1}/{a.dl_runs}: "
-                + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"INVALID ({r['error']})")
-                + (f", proxy core {r['proxy_cpu_share']:.2f}" if r.get("proxy_cpu_share") is not None else "")
-                + (f", client core {r['client_core_share']:.2f}" if r.get("client_core_share") is not None else "")
-                + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
+    for i, (px, pid) in benchlib.rounds(live, a.dl_runs):
+        if px.name in gave_up:
+            continue
+        c0, o0 = (cpu_seconds(pid) if pid else None), cpu_seconds(origin_pid)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with RssSampler(pid) as s:
+            rc, w, err = curl_json(_curl_via(px) + ["--max-time", str(a.dl_max_time)],
+                                   a.dl_max_time + 30, a.client_cpu)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = benchlib.download_record(rc, w, s.result())
+        t = r["time_total"]
+        if t:
+            # which core was the limit: the proxy's, or core 0 (curl decrypting + nginx encrypting)
+            curl_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+            r["proxy_cpu_share"] = (cpu_seconds(pid) - c0) / t if pid else None
+            r["client_core_share"] = (curl_cpu + cpu_seconds(origin_pid) - o0) / t
+        if benchlib.judge_download(r, err, big_size):
+            gave_up.add(px.name)
+        runs[px.name].append(r)
+        benchlib.log_download(px.name, i, a.dl_runs, r)
     return {px.name: benchlib.download_summary(runs[px.name], "proxy_cpu_share", "client_core_share")
             for px, _ in live}
 
 
-def idle_check(live, phase, seconds=1.0):
-    """CPU each proxy uses while nobody talks to it (a proxy still busy with an earlier,
-    abandoned connection would steal the shared proxy core from the next one measured)."""
-    pids = {px.name: pid for px, pid in live if pid}
-    c0 = {n: cpu_seconds(p) for n, p in pids.items()}
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    dt = time.monotonic() - t0
-    out = {n: round((cpu_seconds(p) - c0[n]) / dt, 3) for n, p in pids.items()}
-    busy = {n: v for n, v in out.items() if v > 0.05}
-    if busy:
-        log(f"warning: before {phase}, idle proxies used CPU: {busy}")
-    return out
+def idle_check(live, phase):
+    """benchlib.idle_check of the proxies in LIVE ((proxy, pid or None))."""
+    return benchlib.idle_check({px.name: pid for px, pid in live if pid}, phase)
 
 
 def measure_slow(a, px, pid):
@@ -887,12 +847,7 @@ def render(results):
     L = [f"proxyd --mode mitm bench  {m['started']}  ({m['host']['cpu']}, {m['host']['cpus']} cores; "
          f"proxies on core {o['proxy_cpu']}, client and curl on core {o['client_cpu']}, "
          + (f"nginx on core {o['origin_cpu']})" if o.get("origin_cpu") is not None else "nginx not pinned)")]
-    g = m.get("proxyd_git") or {}
-    if g.get("commit"):
-        L.append(f"proxyd {g['commit'][:12]} \"{g.get('subject')}\" {g.get('date')}; installed from the work "
-                 f"tree: outside bench/ {g.get('dirty_files_outside_bench')} modified, "
-                 f"{g.get('untracked_files_outside_bench')} untracked files")
-    L.append(f"command: {m['command']}")
+    L += benchlib.head_lines(m)
     L.append(f"origin: nginx {m['versions'].get('nginx')} HTTPS on 127.0.0.1:{o['origin_port']} "
              f"(\"{HOSTNAME}\", ECDSA P-256 cert from a throwaway CA), /small = 1 KiB, /big = {o['big_mib']} MiB; "
              f"conn/ka: median of {o['runs']} x {o['duration']} s runs (interleaved), Python client "
@@ -921,14 +876,8 @@ def render(results):
         if r.get("error"):
             L.append(f"  ! {r['label']}: {r['error']}")
         for k in ["conn"] + [f"ka{c}" for c in kac]:
-            v = r.get(k)
-            if v and v["valid_runs"] < len(v["runs"]):
-                bad = [x.get("first_error") for x in v["runs"] if not x.get("valid")]
-                L.append(f"  ! {r['label']} {k}: {len(bad)} invalid run(s): {bad[0]}")
-        v = r.get("dl")
-        if v and v["valid_runs"] < len(v["runs"]):
-            bad = [x.get("error") for x in v["runs"] if not x.get("valid")]
-            L.append(f"  ! {r['label']} download: {len(bad)} invalid run(s): {bad[0]}")
+            L += benchlib.invalid_runs(r["label"], k, r.get(k), "first_error")
+        L += benchlib.invalid_runs(r["label"], "download", r.get("dl"))
         v = r.get("slow")
         if v and not v.get("valid"):
             L.append(f"  ! {r['label']} slow reader: {v.get('error')}")
@@ -953,11 +902,7 @@ def render(results):
             rows2.append(row)
         L += table(hdr2, rows2)
     if pd:
-        L.append("")
-        L.append("proxyd targets (issue 4): " + TARGETS)
-        L.append("  (lines marked (CPU) compare the proxies' own CPU time per operation: the same target, "
-                 "less disturbed by other work on the shared cores)")
-        L += ["  " + t for t in check_targets(results)]
+        L += benchlib.target_lines("issue 4", TARGETS, check_targets(results))
         L.append(f"  (the issue's figures for the peers on this machine: {ISSUE_FIGURES})")
     L.append("")
     b = P.get("baseline")
@@ -969,14 +914,7 @@ def render(results):
                  f"{num(dig(b, 'conn', 'client_cpu_us_per_op'))} us direct"
                  + (f", {num(dig(pd, 'conn', 'client_cpu_us_per_op'))} us through proxyd (CONNECT added)"
                     if pd else "") + ".")
-    heads = []
-    for n in names:
-        if n == "baseline":
-            continue
-        for k in ["conn"] + [f"ka{c}" for c in kac]:
-            rate, share = dig(P[n], k, "median"), dig(P[n], k, "client_core_share")
-            if rate and share:
-                heads.append(f"{P[n]['label']} {k} {num(rate / share)}")
+    heads = benchlib.saturation(P, [n for n in names if n != "baseline"], ["conn"] + [f"ka{c}" for c in kac])
     if heads:
         L.append("where core 0 (client + nginx) would be saturated, from its share at the measured rate "
                  "(the client is not the limit while a proxy's rate stays well under this): " + ", ".join(heads))
@@ -993,17 +931,7 @@ def render(results):
         L.append("CPU share during the runs, proxy core / client core (1.00 = the core was busy the whole run; "
                  "a proxy near 1.00 with the client core well under 1.00 means the proxy was the limit): "
                  + "; ".join(shares))
-    busy = [f"{phase}: {n} {v:.2f}" for phase, d in (results.get("idle_cpu_share") or {}).items()
-            for n, v in d.items() if v > 0.05]
-    if busy:
-        L.append("  ! CPU used by proxies nobody was talking to (core share over 1 s): " + ", ".join(busy))
-    loads = [x["loadavg"] for n in names for k in ["conn", "dl"] + [f"ka{c}" for c in kac]
-             for x in (dig(P[n], k, "runs") or []) if x.get("loadavg") is not None]
-    L.append(f"1-min load average at start {m['host']['loadavg_at_start'][0]:.2f}"
-             + (f", during the runs {min(loads):.2f}-{max(loads):.2f} (median {statistics.median(loads):.2f})"
-                if loads else "")
-             + f" on {m['host']['cpus']} cores: what is over ~1 is other work on the machine, competing with "
-             "the proxy and the client for their cores")
+    L += benchlib.machine_lines(results, names, ["conn", "dl"] + [f"ka{c}" for c in kac])
     L.append("dRSS = peak VmRSS (process and children) during the download minus VmRSS just before; "
              "CPU us = the proxy's own user+system CPU per connection or request.")
     return "\n".join(L)
@@ -1021,13 +949,7 @@ def check_targets(results):
     P = results["proxies"]
     pd = P["proxyd"]
     kac = results["meta"]["options"]["ka_concurrency"]
-    out = []
-
-    def verdict(name, ok, detail):
-        out.append(f"{'-   ' if ok is None else ('met ' if ok else 'MISS')}  {name}: {detail}")
-
-    def ge(a, b, k=1.0):
-        return None if a is None or b is None else a >= k * b
+    verdict, ge = benchlib.Verdicts(), benchlib.at_least
 
     def cpu(k, name):   # the proxy's CPU per operation: the same comparison, free of core sharing
         return dig(P, name, k, "proxy_cpu_us_per_op")
@@ -1051,7 +973,7 @@ def check_targets(results):
             f"{num(v, '{:.2f}')} vs {num(mm, '{:.2f}')} / 1.5")
     s = dig(pd, "slow", "rss", "growth_kib")
     verdict("slow-reader RSS growth < 2 MiB", None if s is None else s < 2048, f"{num(mib(s), '{:+.1f}')} MiB")
-    return out
+    return verdict
 
 
 # --------------------------------------------------------------------- main
@@ -1073,38 +995,26 @@ def parse_args(argv):
                     help="seconds allowed per download; a proxy that times out gets no further runs")
     ap.add_argument("--slow-seconds", type=int, default=20, help="length of the 1 MB/s slow-reader download")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of /big, MiB")
-    ap.add_argument("--port-base", type=int, default=18950,
-                    help="origin on this port, proxies on the next ones (127.0.0.1); run.py uses 18900+")
-    benchlib.add_common_args(ap, REPO, "core for the client, curl, nginx and this script",
+    benchlib.add_common_args(ap, 18950, "origin on this port, proxies on the next ones (127.0.0.1); run.py uses 18900+",
+                             "core for the client, curl, nginx and this script",
                              "core for nginx (default: --client-cpu; 'none' = not pinned)",
                              "no apt-get; use the venvs as they are")
-    a = ap.parse_args(argv)
-    if a.render:
-        return a
-    benchlib.split_choices(ap, a, ALL_PROXIES, ALL_MEASURES)
-    a.ka_concurrency = [int(c) for c in a.ka_concurrency.split(",") if c.strip()]
-    if a.quick:
-        a.runs, a.duration, a.dl_runs, a.slow_seconds = 1, 2, 1, 5
-    if not a.ka_concurrency or any(not 1 <= c <= 200 for c in a.ka_concurrency):
-        ap.error("--ka-concurrency: numbers 1..200")
-    benchlib.check_args(ap, a, (("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("slow_seconds", 2, 300),
-                                ("big_mib", 1, 16384), ("dl_max_time", 5, 3600), ("conn_concurrency", 1, 200),
-                                ("client_procs", 1, 32)))
-    return a
+    return benchlib.parse(ap, argv, ALL_PROXIES, ALL_MEASURES,
+                          quick={"runs": 1, "duration": 2, "dl_runs": 1, "slow_seconds": 5},
+                          ranges=(("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("slow_seconds", 2, 300),
+                                  ("big_mib", 1, 16384), ("dl_max_time", 5, 3600), ("conn_concurrency", 1, 200),
+                                  ("client_procs", 1, 32)),
+                          numbers=(("ka_concurrency", 1, 200),))
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    a = parse_args(argv)
-    if a.render:
-        print(render(json.loads(Path(a.render).read_text())))
-        return 0
-    started = benchlib.begin(PROCS, WORK, RESULTS)
+    return benchlib.main(argv, parse_args, render, bench)
+
+
+def bench(a, argv):
+    # this script and everything it forks (client workers, curl) stay off the proxy core
+    started = benchlib.begin(PROCS, WORK, RESULTS, pin=a.client_cpu)
     atexit.register(_stop_clients)
-    try:   # this script and everything it forks (client workers, curl) stay off the proxy core
-        os.sched_setaffinity(0, {a.client_cpu})
-    except OSError as e:
-        log(f"warning: could not pin to core {a.client_cpu}: {e}")
     stamp = started.strftime("%Y%m%d-%H%M%S")
     benchlib.ensure_debian(["nginx", "curl", "openssl", "taskset"], a.no_install, DEBIAN_PACKAGES)
 
@@ -1112,24 +1022,13 @@ def main(argv=None):
     origin_port = a.port_base
     proxies = benchlib.make_proxies(PROXY_CLASSES, a, WORK, origin_port, origin_ca)
 
-    results = {"meta": {
-        "started": started.isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in ["bench/mitm.sh"] + list(argv)),
-        "host": benchlib.host_info(),
-        "options": {"proxies": a.proxies, "measure": a.measure, "runs": a.runs, "duration": a.duration,
-                    "conn_concurrency": a.conn_concurrency, "ka_concurrency": a.ka_concurrency,
-                    "dl_runs": a.dl_runs, "dl_max_time": a.dl_max_time, "slow_seconds": a.slow_seconds,
-                    "big_mib": a.big_mib, "proxy_cpu": a.proxy_cpu, "client_cpu": a.client_cpu,
-                    "origin_cpu": a.origin_cpu, "client_procs": a.client_procs,
-                    "origin_port": origin_port, "quick": a.quick},
-        "versions": {"nginx": deb_version("nginx-core") or deb_version("nginx-light") or deb_version("nginx"),
-                     "curl": deb_version("curl"), "openssl": deb_version("openssl")},
-        "proxyd_git": benchlib.git_info(a.proxyd_src),
-    }, "proxies": {}}
+    results = benchlib.new_results(
+        started, "bench/mitm.sh", argv, a,
+        "proxies measure runs duration conn_concurrency ka_concurrency dl_runs dl_max_time slow_seconds big_mib "
+        "proxy_cpu client_cpu origin_cpu client_procs origin_port quick", "nginx curl openssl",
+        proxyd_git=benchlib.git_info(a.proxyd_src))
     out_json = RESULTS / f"mitm-{stamp}.json"
-
-    def save():
-        out_json.write_text(json.dumps(results, indent=1))
+    save = benchlib.saver(results, out_json)
 
     big_size = benchlib.prepare_www(WORK, a.big_mib, b"proxyd mitm bench small response body.\n",
                                     big_from=BENCH / ".work" / "www" / "big")   # run.py's, if it is there
@@ -1147,22 +1046,16 @@ def main(argv=None):
         if "conn" in a.measure and targets:
             idle["before conn"] = idle_check(targets, "conn")
             log(f"=== new intercepted connections/s, c={a.conn_concurrency} ===")
-            for n, r in measure_clients(a, "conn", a.conn_concurrency, targets, origin.pid).items():
-                results["proxies"][n]["conn"] = r
-            save()
+            benchlib.record(results, "conn", measure_clients(a, "conn", a.conn_concurrency, targets, origin.pid), save)
         if "ka" in a.measure and targets:
             for c in a.ka_concurrency:
                 log(f"=== keep-alive requests/s, c={c} ===")
                 idle[f"before ka c={c}"] = idle_check(targets, f"ka c={c}")
-                for n, r in measure_clients(a, "ka", c, targets, origin.pid).items():
-                    results["proxies"][n][f"ka{c}"] = r
-                save()
+                benchlib.record(results, f"ka{c}", measure_clients(a, "ka", c, targets, origin.pid), save)
         if "dl" in a.measure and targets:
             log(f"=== {a.big_mib} MiB download ===")
             idle["before dl"] = idle_check(targets, "dl")
-            for n, r in measure_download(a, targets, big_size, origin.pid).items():
-                results["proxies"][n]["dl"] = r
-            save()
+            benchlib.record(results, "dl", measure_download(a, targets, big_size, origin.pid), save)
         for px, pid, p in live:
             if p is None:
                 continue

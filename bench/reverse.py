@@ -37,19 +37,20 @@ import json
 import os
 import re
 import resource
-import shlex
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+import benchlib  # bench/ is on sys.path when run as a script
+from benchlib import (
+    BENCH, LOOPBACK, RESULTS, SMALL_SIZE, Procs, RssSampler, cpu_seconds, dig, log, mib, num, ratio, rss_kib,
+    run, table,
+)
+
 WORK = BENCH / ".work" / "reverse"
-RESULTS = BENCH / "results"
 HOSTNAME = "localhost"     # the certificate's name (SAN DNS:localhost and IP:127.0.0.1)
 
 ALL_PROXIES = ["baseline", "proxyd", "nginx", "haproxy", "mitmdump"]
@@ -64,13 +65,6 @@ TARGETS = ("keep-alive req/s >= 8x mitmdump's; new TLS handshakes/s >= 2x mitmdu
 # What the issue says the peers measure on this machine, for comparison.
 ISSUE_FIGURES = ("nginx ~71,000 and mitmdump ~1,000 keep-alive req/s; "
                  "nginx ~1,140 and mitmdump ~300 handshakes/s")
-
-
-import benchlib  # noqa: E402  (bench/ is on sys.path when run as a script)
-from benchlib import (  # noqa: E402
-    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, deb_version, dig, log, mib, num, ratio, rotated,
-    rss_kib, run, table,
-)
 
 benchlib.LABEL = "reverse bench"
 PROCS = Procs()
@@ -140,7 +134,7 @@ __attribute__((destructor)) static void fullhs_fini(void) {
 
 # wrk's script: GET /small with Host: 127.0.0.1:PORT, optionally Connection: close
 # (wrk -H headers are dropped once a script passes its own headers to wrk.format),
-# and one BENCHJSON line of counts at the end.
+# then wrk-proxy.lua's done(): one BENCHJSON line of counts at the end.
 WRK_LUA = r"""
 local req
 
@@ -156,16 +150,6 @@ function request()
    return req
 end
 
-function done(summary, latency, requests)
-   local e = summary.errors
-   io.write(string.format(
-      'BENCHJSON {"requests": %d, "duration_us": %d, "bytes": %d, ' ..
-      '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
-      '"latency_us": {"p50": %d, "p99": %d, "max": %d}}\n',
-      summary.requests, summary.duration, summary.bytes,
-      e.connect, e.read, e.write, e.status, e.timeout,
-      latency:percentile(50), latency:percentile(99), latency.max))
-end
 """
 
 
@@ -176,7 +160,7 @@ def build_tools():
         src.write_text(SHIM_C)
         run(["gcc", "-O2", "-shared", "-fPIC", "-nostdlib", "-o", so, src], timeout=120)
     lua = WORK / "wrk-reverse.lua"
-    lua.write_text(WRK_LUA)
+    lua.write_text(WRK_LUA + benchlib.wrk_done_lua())
     return so, lua
 
 
@@ -227,13 +211,7 @@ def start_backend(port, cpu):
     p = benchlib.start_nginx(PROCS, WORK / "backend", port, cpu,
                              "HTTP backend for proxyd bench/reverse.py: loopback only, its own paths, "
                              "no system config", tcp_nopush=True)
-    c = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
-    c.request("GET", "/small")
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    if r.status != 200 or len(body) != SMALL_SIZE:
-        raise SystemExit(f"reverse bench: backend answered {r.status} with {len(body)} bytes")
+    benchlib.check_small(port, "backend")
     return p
 
 
@@ -270,23 +248,11 @@ class Proxyd(Reverse, benchlib.Proxyd):
                 "--tls-cert", self.pki["cert"], "--tls-key", self.pki["key"], "--upstream", self.backend]
 
 
-class DebianProxy(Reverse, benchlib.Proxy):
-    """A reverse proxy from its Debian package: COMMAND_HEAD + its config file (made by
+class DebianProxy(Reverse, benchlib.DebianProxy):
+    """A reverse proxy from its Debian package: head() + its config file (made by
     conf_text()), in the foreground; flags: those arguments and SUMMARY."""
 
-    package = command_head = summary = None
-
-    def install(self):
-        self.version = deb_version(self.package)
-
-    def prepare(self):
-        self.conf = self.dir / f"{self.name}.conf"
-        self.conf.write_text(self.conf_text())
-
-    def argv(self):
-        argv = self.head() + [self.conf]
-        self.flags = f"{' '.join(str(x) for x in argv[1:])} ({self.summary})"
-        return argv
+    flags_conf_path = True
 
 
 class Nginx(DebianProxy):
@@ -299,31 +265,11 @@ class Nginx(DebianProxy):
         return ["nginx", "-p", f"{self.dir}/", "-e", self.dir / "error.log", "-c"]
 
     def conf_text(self):
-        d = self.dir
-        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        user = "user root;" if os.geteuid() == 0 else ""
         # ssl_protocols: nginx 1.22's default has no TLSv1.3 (1.23.4+ has); the others all offer it.
         # proxy_max_temp_file_size 0: a big response is relayed through the memory buffers, never
         # spooled to a temporary file (the other proxies stream too).
-        return f"""\
-# HTTPS reverse proxy for proxyd bench/reverse.py: loopback only, its own paths, no system config
-{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    tcp_nodelay on;
-    keepalive_timeout 65;
-    keepalive_requests 10000000;
+        return benchlib.nginx_conf(self.dir, "HTTPS reverse proxy for proxyd bench/reverse.py: loopback only, its own "
+                                   "paths, no system config", "", f"""\
     upstream backend {{
         server {LOOPBACK}:{self.origin_port};
         keepalive 64;
@@ -345,8 +291,7 @@ http {{
             proxy_max_temp_file_size 0;
         }}
     }}
-}}
-"""
+""")
 
 
 class Haproxy(DebianProxy):
@@ -633,42 +578,33 @@ def measure_wrk(a, tools, kind, targets, backend_pid):
     for t in targets:   # warm-up, not counted: connections, pools, caches
         if t.ready(f"before the {kind} runs"):
             wrk_once(a, tools, t.px, t.pid, backend_pid, conc, 1, close, keep)
-    for i in range(a.runs):
-        for t in rotated(targets, i):
-            up = t.ready(f"during the {kind} runs")
-            if not up:
-                continue
-            if up == "restarted":
-                wrk_once(a, tools, t.px, t.pid, backend_pid, conc, 1, close, keep)   # warm-up again
-            px = t.px
-            r = wrk_once(a, tools, px, t.pid, backend_pid, conc, a.duration, close, keep)
-            if not r["valid"] and t.proc is not None and t.proc.poll() is not None:
-                r["error"] += " (the proxy exited during the run)"
-            runs[px.name].append(r)
-            log(f"{px.name} {kind} c={conc} run {i + 1}/{a.runs}: "
-                + (f"{r['rate']:.0f}/s" if "rate" in r else "-")
-                + (f", proxy CPU {r['proxy_cpu_us_per_op']:.0f} us/op share {r['proxy_cpu_share']:.2f}"
-                   if r.get("proxy_cpu_us_per_op") else "")
-                + (f", client core {r['client_core_share']:.2f}" if "client_core_share" in r else "")
-                + (f", handshakes {r['handshakes_full']} full {r['handshakes_resumed']} resumed"
-                   if px.scheme == "https" and "handshakes_full" in r else "")
-                + ("" if r["valid"] else f" INVALID ({r['error']})"))
-    out = {}
-    for t in targets:
-        rs = runs[t.name]
-        good = [r for r in rs if r["valid"]]
+    for i, t in benchlib.rounds(targets, a.runs):
+        up = t.ready(f"during the {kind} runs")
+        if not up:
+            continue
+        if up == "restarted":
+            wrk_once(a, tools, t.px, t.pid, backend_pid, conc, 1, close, keep)   # warm-up again
+        px = t.px
+        r = wrk_once(a, tools, px, t.pid, backend_pid, conc, a.duration, close, keep)
+        if not r["valid"] and t.proc is not None and t.proc.poll() is not None:
+            r["error"] += " (the proxy exited during the run)"
+        runs[px.name].append(r)
+        log(f"{px.name} {kind} c={conc} run {i + 1}/{a.runs}: "
+            + (f"{r['rate']:.0f}/s" if "rate" in r else "-")
+            + (f", proxy CPU {r['proxy_cpu_us_per_op']:.0f} us/op share {r['proxy_cpu_share']:.2f}"
+               if r.get("proxy_cpu_us_per_op") else "")
+            + (f", client core {r['client_core_share']:.2f}" if "client_core_share" in r else "")
+            + (f", handshakes {r['handshakes_full']} full {r['handshakes_resumed']} resumed"
+               if px.scheme == "https" and "handshakes_full" in r else "")
+            + ("" if r["valid"] else f" INVALID ({r['error']})"))
 
-        def med(k):
-            xs = [r[k] for r in good if r.get(k) is not None]
-            return statistics.median(xs) if xs else None
-        out[t.name] = {"median": med("rate"), "proxy_cpu_us_per_op": med("proxy_cpu_us_per_op"),
-                        "proxy_cpu_share": med("proxy_cpu_share"), "client_core_share": med("client_core_share"),
-                        "wrk_cpu_us_per_op": med("wrk_cpu_us_per_op"),
-                        "handshakes_full": sum(r.get("handshakes_full") or 0 for r in good),
-                        "handshakes_resumed": sum(r.get("handshakes_resumed") or 0 for r in good),
-                        "requests": sum(r["requests"] for r in good), "cores": median_cores(good),
-                        "valid_runs": len(good), "runs": rs, "concurrency": conc}
-    return out
+    def more(good):
+        return {"handshakes_full": sum(r.get("handshakes_full") or 0 for r in good),
+                "handshakes_resumed": sum(r.get("handshakes_resumed") or 0 for r in good),
+                "requests": sum(r["requests"] for r in good), "cores": median_cores(good)}
+    return {t.name: benchlib.rate_summary(runs[t.name], conc, ("proxy_cpu_us_per_op", "proxy_cpu_share",
+                                                               "client_core_share", "wrk_cpu_us_per_op"), more)
+            for t in targets}
 
 
 def curl_download(a, px):
@@ -681,43 +617,32 @@ def curl_download(a, px):
 def measure_download(a, targets, big_size, backend_pid):
     runs = {t.name: [] for t in targets}
     gave_up = set()
-    for i in range(a.dl_runs):
-        for t in rotated(targets, i):
-            if t.name in gave_up or not t.ready("during the downloads"):
-                continue
-            px, pid = t.px, t.pid
-            c0, b0 = (cpu_seconds(pid) if pid else None), cpu_seconds(backend_pid)
-            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            k0 = core_ticks()
-            with RssSampler(pid) as s:
-                rc, w, err = benchlib.curl_json(["--http1.1"] + curl_download(a, px)
-                                                + ["--max-time", str(a.dl_max_time)],
-                                                a.dl_max_time + 30, a.client_cpu)
-            k1 = core_ticks()
-            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            size, secs = w.get("size_download", 0), w.get("time_total") or 0
-            r = {"curl_exit": rc, "size": size, "http_code": w.get("http_code"), "time_total": secs,
-                 "mb_per_s": (w.get("speed_download") or 0) / 1e6, "rss": s.result(),
-                 "loadavg": round(os.getloadavg()[0], 2),
-                 "cores": core_shares(k0, k1, {"proxy": a.proxy_cpu, "client": a.client_cpu})}
-            if secs >= 0.5:
-                curl_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-                r["proxy_cpu_s"] = cpu_seconds(pid) - c0 if pid else None
-                r["proxy_cpu_share"] = r["proxy_cpu_s"] / secs if pid else None
-                r["proxy_cpu_ms_per_mb"] = r["proxy_cpu_s"] * 1e3 / (size / 1e6) if pid and size else None
-                r["client_core_share"] = (curl_cpu + cpu_seconds(backend_pid) - b0) / secs
-            r["valid"] = rc == 0 and size == big_size and w.get("http_code") == 200
-            if not r["valid"]:
-                r["error"] = f"curl exit {rc}, {size / 1e6:.1f} of {big_size / 1e6:.0f} MB, {err[-200:]}"
-                if rc == 28:   # too slow or stalled: another try would take as long again
-                    gave_up.add(px.name)
-                    r["error"] += " (no further runs)"
-            runs[px.name].append(r)
-            log(f"{px.name} download run {i + 1}/{a.dl_runs}: "
-                + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"INVALID ({r['error']})")
-                + (f", proxy core {r['proxy_cpu_share']:.2f}" if r.get("proxy_cpu_share") is not None else "")
-                + (f", client core {r['client_core_share']:.2f}" if r.get("client_core_share") is not None else "")
-                + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
+    for i, t in benchlib.rounds(targets, a.dl_runs):
+        if t.name in gave_up or not t.ready("during the downloads"):
+            continue
+        px, pid = t.px, t.pid
+        c0, b0 = (cpu_seconds(pid) if pid else None), cpu_seconds(backend_pid)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        k0 = core_ticks()
+        with RssSampler(pid) as s:
+            rc, w, err = benchlib.curl_json(["--http1.1"] + curl_download(a, px)
+                                            + ["--max-time", str(a.dl_max_time)],
+                                            a.dl_max_time + 30, a.client_cpu)
+        k1 = core_ticks()
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = benchlib.download_record(rc, w, s.result(),
+                                     cores=core_shares(k0, k1, {"proxy": a.proxy_cpu, "client": a.client_cpu}))
+        size, secs = r["size"], r["time_total"]
+        if secs >= 0.5:
+            curl_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+            r["proxy_cpu_s"] = cpu_seconds(pid) - c0 if pid else None
+            r["proxy_cpu_share"] = r["proxy_cpu_s"] / secs if pid else None
+            r["proxy_cpu_ms_per_mb"] = r["proxy_cpu_s"] * 1e3 / (size / 1e6) if pid and size else None
+            r["client_core_share"] = (curl_cpu + cpu_seconds(backend_pid) - b0) / secs
+        if benchlib.judge_download(r, err, big_size):
+            gave_up.add(px.name)
+        runs[px.name].append(r)
+        benchlib.log_download(px.name, i, a.dl_runs, r)
     out = {}
     for t in targets:
         out[t.name] = benchlib.download_summary(runs[t.name], "proxy_cpu_share", "proxy_cpu_ms_per_mb",
@@ -726,19 +651,9 @@ def measure_download(a, targets, big_size, backend_pid):
     return out
 
 
-def idle_check(targets, phase, seconds=1.0):
-    """CPU each proxy uses while nobody talks to it: one still busy with an abandoned
-    connection would steal the shared proxy core from the next one measured."""
-    pids = {t.name: t.pid for t in targets if t.pid and t.proc.poll() is None}
-    c0 = {n: cpu_seconds(p) for n, p in pids.items()}
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    dt = time.monotonic() - t0
-    out = {n: round((cpu_seconds(p) - c0[n]) / dt, 3) for n, p in pids.items()}
-    busy = {n: v for n, v in out.items() if v > 0.05}
-    if busy:
-        log(f"warning: before {phase}, idle proxies used CPU: {busy}")
-    return out
+def idle_check(targets, phase):
+    """benchlib.idle_check of the targets that are up."""
+    return benchlib.idle_check({t.name: t.pid for t in targets if t.pid and t.proc.poll() is None}, phase)
 
 
 def machine_busy(seconds=2.0):
@@ -836,12 +751,7 @@ def render(results):
          f"kernel {m['host']['kernel']}; proxies on core {o['proxy_cpu']}, wrk and curl on core {o['client_cpu']}, "
          + (f"backend nginx on core {o['origin_cpu']})" if o.get("origin_cpu") is not None else
             "backend nginx not pinned)")]
-    g = m.get("proxyd_git") or {}
-    if g.get("commit"):
-        L.append(f"proxyd {g['commit'][:12]} \"{g.get('subject')}\" {g.get('date')}; installed from the work "
-                 f"tree: outside bench/ {g.get('dirty_files_outside_bench')} modified, "
-                 f"{g.get('untracked_files_outside_bench')} untracked files")
-    L.append(f"command: {m['command']}")
+    L += benchlib.head_lines(m)
     ow = m.get("other_work")
     if ow:
         L.append(f"other work on the machine before measuring: {ow['busy_cores'][-1]:.2f} cores busy"
@@ -879,15 +789,8 @@ def render(results):
             L.append(f"  ! {r['label']}: {r['error']}")
         for e in r.get("exits") or ():
             L.append(f"  ! {r['label']} {e}" + (" (restarted)" if r.get("restarts") else ""))
-        for k, what in (("rps", "keep-alive"), ("hs", "handshakes"), ("hsr", "resumed conn/s")):
-            v = r.get(k)
-            if v and v["valid_runs"] < len(v["runs"]):
-                bad = [x.get("error") for x in v["runs"] if not x.get("valid")]
-                L.append(f"  ! {r['label']} {what}: {len(bad)} invalid run(s): {bad[0]}")
-        v = r.get("dl")
-        if v and v["valid_runs"] < len(v["runs"]):
-            bad = [x.get("error") for x in v["runs"] if not x.get("valid")]
-            L.append(f"  ! {r['label']} download: {len(bad)} invalid run(s): {bad[0]}")
+        for k, what in (("rps", "keep-alive"), ("hs", "handshakes"), ("hsr", "resumed conn/s"), ("dl", "download")):
+            L += benchlib.invalid_runs(r["label"], what, r.get(k))
     # every proxy relative to the others: proxyd's row first if it was measured
     tls = [n for n in names if n != "baseline" and (P[n].get("rps") or P[n].get("hs") or P[n].get("dl"))]
     ref = "proxyd" if "proxyd" in tls else ("nginx" if "nginx" in tls else None)
@@ -910,11 +813,7 @@ def render(results):
                           ratio(dig(r, "dl", "proxy_cpu_ms_per_mb"), dig(R, "dl", "proxy_cpu_ms_per_mb"))])
         L += table(hdr2, rows2)
     if "proxyd" in P:
-        L.append("")
-        L.append("proxyd targets (reverse-proxy issue): " + TARGETS)
-        L.append("  (lines marked (CPU) compare the proxies' own CPU time per operation: the same target, "
-                 "less disturbed by other work on the shared cores)")
-        L += ["  " + t for t in check_targets(results)]
+        L += benchlib.target_lines("reverse-proxy issue", TARGETS, check_targets(results))
     L.append(f"  (the issue's figures for the peers on this machine: {ISSUE_FIGURES})")
     L.append("")
     nat = [f"{P[n]['label']} {P[n]['wrk_native']['handshakes_resumed']} of "
@@ -929,12 +828,7 @@ def render(results):
               for n in names if P[n].get("scheme") == "https" and dig(P[n], "hs", "requests")]
     if counts:
         L.append("  handshake runs (valid ones): " + "; ".join(counts))
-    heads = []
-    for n in names:
-        for k in ("rps", "hs", "hsr"):
-            rate, share = dig(P[n], k, "median"), dig(P[n], k, "client_core_share")
-            if rate and share:
-                heads.append(f"{P[n]['label']} {k} {num(rate / share)}")
+    heads = benchlib.saturation(P, names, ("rps", "hs", "hsr"))
     if heads:
         L.append("where core 0 (wrk + backend) would be saturated, from its share at the measured rate (a rate "
                  "near this is the client's limit, not the proxy's): " + ", ".join(heads))
@@ -961,17 +855,7 @@ def render(results):
                  f"the limit; busy cores with 'other' in them mean low rates, so compare CPU per operation.")
         L += table(["proxy", "run", "proxy", "other", "irq", "steal", "idle",
                     "wrk/curl+backend", "other", "irq", "steal", "idle"], crow)
-    busy = [f"{phase}: {n} {v:.2f}" for phase, d in (results.get("idle_cpu_share") or {}).items()
-            for n, v in d.items() if v > 0.05]
-    if busy:
-        L.append("  ! CPU used by proxies nobody was talking to (core share over 1 s): " + ", ".join(busy))
-    loads = [x["loadavg"] for n in names for k in ("rps", "hs", "hsr", "dl")
-             for x in (dig(P[n], k, "runs") or []) if x.get("loadavg") is not None]
-    L.append(f"1-min load average at start {m['host']['loadavg_at_start'][0]:.2f}"
-             + (f", during the runs {min(loads):.2f}-{max(loads):.2f} (median {statistics.median(loads):.2f})"
-                if loads else "")
-             + f" on {m['host']['cpus']} cores: what is over ~1 is other work on the machine, competing with "
-             "the proxy and the client for their cores")
+    L += benchlib.machine_lines(results, names, ("rps", "hs", "hsr", "dl"))
     L.append("CPU us/req, us/hs, ms/MB = the proxy's own user+system CPU time (process tree, /proc) per request, "
              "per new connection (handshake + one request), per MB downloaded; dRSS = peak VmRSS during the "
              "download minus VmRSS before; idle RSS = VmRSS 1 s after start.")
@@ -981,14 +865,7 @@ def render(results):
 def check_targets(results):
     P = results["proxies"]
     pd = P["proxyd"]
-    out = []
-
-    def verdict(name, ok, detail):
-        out.append(f"{'-   ' if ok is None else ('met ' if ok else 'MISS')}  {name}: {detail}")
-
-    def ge(x, y, k=1.0):
-        return None if x is None or y is None else x >= k * y
-
+    verdict, ge = benchlib.Verdicts(), benchlib.at_least
     v, mm = dig(pd, "rps", "median"), dig(P, "mitmdump", "rps", "median")
     verdict("keep-alive req/s >= 8x mitmdump", ge(v, mm, 8), f"{num(v)} vs 8 x {num(mm)}")
     v, mm = dig(pd, "rps", "proxy_cpu_us_per_op"), dig(P, "mitmdump", "rps", "proxy_cpu_us_per_op")
@@ -1002,7 +879,7 @@ def check_targets(results):
     v, ng = dig(pd, "dl", "proxy_cpu_ms_per_mb"), dig(P, "nginx", "dl", "proxy_cpu_ms_per_mb")
     verdict("  (CPU) ms per MB <= 2x nginx's", None if v is None or ng is None else v <= 2 * ng,
             f"{num(v, '{:.2f}')} vs 2 x {num(ng, '{:.2f}')}")
-    return out
+    return verdict
 
 
 # --------------------------------------------------------------------- main
@@ -1029,36 +906,25 @@ def parse_args(argv):
     ap.add_argument("--quiet-cores", type=float, default=0.3, help="what counts as quiet, in cores busy")
     ap.add_argument("--max-restarts", type=int, default=2,
                     help="times a proxy stopped from outside the bench (exit 0 after SIGTERM) is started again")
-    ap.add_argument("--port-base", type=int, default=19000,
-                    help="backend on this port, proxies on the next ones (127.0.0.1); run.py uses 18900+, "
-                         "mitm.py 18950+")
-    benchlib.add_common_args(ap, REPO, "core for wrk, curl, the backend and this script",
+    benchlib.add_common_args(ap, 19000, "backend on this port, proxies on the next ones (127.0.0.1); run.py uses "
+                             "18900+, mitm.py 18950+",
+                             "core for wrk, curl, the backend and this script",
                              "core for the backend nginx (default: --client-cpu; 'none' = not pinned)",
                              "no apt-get or pip; use the venvs as they are")
-    a = ap.parse_args(argv)
-    if a.render:
-        return a
-    benchlib.split_choices(ap, a, ALL_PROXIES, ALL_MEASURES)
-    if a.quick:
-        a.runs, a.duration, a.dl_runs = 1, 2, 1
-    benchlib.check_args(ap, a, (("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("big_mib", 1, 16384),
-                                ("dl_max_time", 5, 3600), ("rps_concurrency", 1, 1000),
-                                ("hs_concurrency", 1, 200), ("port_base", 1024, 65000),
-                                ("wait_quiet", 0, 3600), ("max_restarts", 0, 10)))
-    return a
+    return benchlib.parse(ap, argv, ALL_PROXIES, ALL_MEASURES, quick={"runs": 1, "duration": 2, "dl_runs": 1},
+                          ranges=(("runs", 1, 50), ("duration", 1, 120), ("dl_runs", 1, 20), ("big_mib", 1, 16384),
+                                  ("dl_max_time", 5, 3600), ("rps_concurrency", 1, 1000),
+                                  ("hs_concurrency", 1, 200), ("port_base", 1024, 65000),
+                                  ("wait_quiet", 0, 3600), ("max_restarts", 0, 10)))
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    a = parse_args(argv)
-    if a.render:
-        print(render(json.loads(Path(a.render).read_text())))
-        return 0
-    started = benchlib.begin(PROCS, WORK, RESULTS)
-    try:   # this script and what it runs (curl, probes) stay off the proxy core
-        os.sched_setaffinity(0, {a.client_cpu})
-    except OSError as e:
-        log(f"warning: could not pin to core {a.client_cpu}: {e}")
+    return benchlib.main(argv, parse_args, render, bench)
+
+
+def bench(a, argv):
+    # this script and what it runs (curl, probes) stay off the proxy core
+    started = benchlib.begin(PROCS, WORK, RESULTS, pin=a.client_cpu)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     need = ["nginx", "wrk", "curl", "openssl", "taskset", "gcc"] + (["haproxy"] if "haproxy" in a.proxies else [])
     benchlib.ensure_debian(need, a.no_install, DEBIAN_PACKAGES)
@@ -1067,26 +933,13 @@ def main(argv=None):
     backend_port = a.port_base
     proxies = benchlib.make_proxies(PROXY_CLASSES, a, WORK, backend_port, pki)
 
-    results = {"meta": {
-        "started": started.isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in ["bench/reverse.sh"] + list(argv)),
-        "host": benchlib.host_info(),
-        "options": {"proxies": a.proxies, "measure": a.measure, "runs": a.runs, "duration": a.duration,
-                    "rps_concurrency": a.rps_concurrency, "hs_concurrency": a.hs_concurrency,
-                    "dl_runs": a.dl_runs, "dl_max_time": a.dl_max_time, "big_mib": a.big_mib,
-                    "proxy_cpu": a.proxy_cpu, "client_cpu": a.client_cpu, "origin_cpu": a.origin_cpu,
-                    "origin_port": backend_port, "quick": a.quick, "wait_quiet": a.wait_quiet,
-                    "quiet_cores": a.quiet_cores},
-        "versions": {"nginx": deb_version("nginx-core") or deb_version("nginx-light") or deb_version("nginx"),
-                     "haproxy": deb_version("haproxy"), "wrk": deb_version("wrk"), "curl": deb_version("curl"),
-                     "openssl": deb_version("openssl")},
-        "proxyd_git": next((px.git for px in proxies if px.name == "proxyd"), None),
-        "leaf_sha256": pki["leaf_sha256"],
-    }, "proxies": {}}
+    results = benchlib.new_results(
+        started, "bench/reverse.sh", argv, a,
+        "proxies measure runs duration rps_concurrency hs_concurrency dl_runs dl_max_time big_mib proxy_cpu "
+        "client_cpu origin_cpu origin_port quick wait_quiet quiet_cores", "nginx haproxy wrk curl openssl",
+        proxyd_git=next((px.git for px in proxies if px.name == "proxyd"), None), leaf_sha256=pki["leaf_sha256"])
     out_json = RESULTS / f"reverse-{stamp}.json"
-
-    def save():
-        out_json.write_text(json.dumps(results, indent=1))
+    save = benchlib.saver(results, out_json)
 
     bwork = WORK / "backend"
     big_size = benchlib.prepare_www(bwork, a.big_mib, b"proxyd reverse bench small response body.\n",
@@ -1110,15 +963,11 @@ def main(argv=None):
             if kind in a.measure and tt:
                 log(f"=== {what} ===")
                 idle[f"before {kind}"] = idle_check(tt, kind)
-                for n, r in measure_wrk(a, tools, kind, tt, backend.pid).items():
-                    results["proxies"][n][key] = r
-                save()
+                benchlib.record(results, key, measure_wrk(a, tools, kind, tt, backend.pid), save)
         if "download" in a.measure and targets:
             log(f"=== {a.big_mib} MiB download ===")
             idle["before download"] = idle_check(targets, "download")
-            for n, r in measure_download(a, targets, big_size, backend.pid).items():
-                results["proxies"][n]["dl"] = r
-            save()
+            benchlib.record(results, "dl", measure_download(a, targets, big_size, backend.pid), save)
         for t in targets:
             if t.ready("at the end") is True and t.pid:
                 t.res["rss_end_kib"] = rss_kib(t.pid)

@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import re
-import shlex
 import shutil
 import socket
 import statistics
@@ -25,13 +24,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+import benchlib  # bench/ is on sys.path when run as a script
+from benchlib import (
+    BENCH, LOOPBACK, RESULTS, SMALL_SIZE, WRK_LUA, Procs, RssSampler, cpu_seconds, curl_json, dig, log, mib, num,
+    port_free, ratio, rss_kib, run, table, wait_port,
+)
+
 WORK = BENCH / ".work"
-RESULTS = BENCH / "results"
-LUA = BENCH / "wrk-proxy.lua"
 
 ALL_PROXIES = ["baseline", "proxyd", "proxyd-headers", "proxyd-metrics", "tinyproxy", "squid", "mitmdump",
                "proxypy"]
@@ -61,13 +61,6 @@ TARGETS = """\
 rps c=50 >= proxy.py's, and >= 5x mitmdump's; CONNECT >= 0.9x no-proxy MB/s;
 slow-reader RSS growth < 2 MiB; idle RSS < 40 MiB"""
 
-
-import benchlib  # noqa: E402  (bench/ is on sys.path when run as a script)
-from benchlib import (  # noqa: E402
-    LOOPBACK, SMALL_SIZE, Procs, RssSampler, cpu_seconds, curl_json, deb_version, dig, log, mib, num, port_free,
-    ratio, rotated, rss_kib, run, table, wait_port,
-)
-
 benchlib.LABEL = 'bench'
 PROCS = Procs()
 PROXYD_DEPS = ["h11", "httptools", "wheel"]   # venv-proxyd: parsers.py runs there too
@@ -79,13 +72,7 @@ def start_origin(port, cpu):
     p = benchlib.start_nginx(PROCS, WORK, port, cpu,
                              "origin for proxyd bench/run.py: loopback only, its own paths, no system config",
                              tcp_nopush=True)
-    c = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
-    c.request("GET", "/small")
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    if r.status != 200 or len(body) != SMALL_SIZE:
-        raise SystemExit(f"bench: origin answered {r.status} with {len(body)} bytes")
+    benchlib.check_small(port, "origin")
     return p
 
 
@@ -213,25 +200,7 @@ def check_metrics(px, res):
             f"(bench sent {lo:,} to {num(hi)}; by status class {after}): ok")
 
 
-class DebianProxy(benchlib.Proxy):
-    """A proxy from its Debian package, run as COMMAND + its config file (made by conf())
-    in the foreground; flags: those arguments and SUMMARY, what the config sets."""
-
-    command_head = summary = None
-
-    def install(self):
-        self.version = deb_version(self.name)
-
-    def prepare(self):
-        self.conf = self.dir / f"{self.name}.conf"
-        self.conf.write_text(self.conf_text())
-
-    def argv(self):
-        self.flags = f"{' '.join(self.command_head[1:])} {self.conf.name} ({self.summary})"
-        return self.command_head + [self.conf]
-
-
-class Tinyproxy(DebianProxy):
+class Tinyproxy(benchlib.DebianProxy):
     name, label = "tinyproxy", "tinyproxy"
     command_head = ["tinyproxy", "-d", "-c"]
     summary = "Port, Listen, Allow 127.0.0.1, ConnectPort origin, LogLevel Warning"
@@ -251,7 +220,7 @@ PidFile "{self.dir}/tinyproxy.pid"
 """
 
 
-class Squid(DebianProxy):
+class Squid(benchlib.DebianProxy):
     name, label = "squid", "squid"
     command_head = ["squid", "-N", "-f"]
     summary = "http_port 127.0.0.1, allow localhost, CONNECT to origin port, cache deny all, access_log none"
@@ -279,7 +248,7 @@ logfile_rotate 0
 """
 
     def prepare(self):
-        DebianProxy.prepare(self)
+        benchlib.DebianProxy.prepare(self)
         if os.geteuid() == 0:
             # squid refuses to run as root; it drops to its cache_effective_user ("proxy")
             shutil.chown(self.dir, "proxy", "proxy")
@@ -343,7 +312,7 @@ def wrk_once(a, port, origin_port, conc, duration, direct, pid=None):
     else:
         url, target = f"http://{LOOPBACK}:{port}/", f"http://{LOOPBACK}:{origin_port}/small"
     host = f"{LOOPBACK}:{origin_port}"
-    argv = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "5s", "-s", LUA, url,
+    argv = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "5s", "-s", WRK_LUA, url,
             "--", target, host]
     cpu0 = cpu_seconds(pid) if pid else None
     try:
@@ -389,14 +358,13 @@ def measure_rps(a, targets):
             # warm-up (connections made, caches warm), not counted
             count_wrk(px, wrk_once(a, px.port, px.origin_port, conc, 1, px.name == "baseline"), conc)
         runs = {px.name: [] for px, _ in targets}
-        for i in range(a.runs):
-            for px, pid in rotated(targets, i):
-                r = wrk_once(a, px.port, px.origin_port, conc, a.duration, px.name == "baseline", pid)
-                count_wrk(px, r, conc)
-                runs[px.name].append(r)
-                log(f"{px.name} rps c={conc} run {i + 1}/{a.runs}: "
-                    + (f"{r['rps']:.0f} req/s" if r.get("valid") else f"invalid ({r.get('error')})")
-                    + (f", {r['proxy_cpu_us_per_req']:.0f} us proxy CPU/req" if r.get("proxy_cpu_us_per_req") else ""))
+        for i, (px, pid) in benchlib.rounds(targets, a.runs):
+            r = wrk_once(a, px.port, px.origin_port, conc, a.duration, px.name == "baseline", pid)
+            count_wrk(px, r, conc)
+            runs[px.name].append(r)
+            log(f"{px.name} rps c={conc} run {i + 1}/{a.runs}: "
+                + (f"{r['rps']:.0f} req/s" if r.get("valid") else f"invalid ({r.get('error')})")
+                + (f", {r['proxy_cpu_us_per_req']:.0f} us proxy CPU/req" if r.get("proxy_cpu_us_per_req") else ""))
         for px, _ in targets:
             rs = runs[px.name]
             good = [r["rps"] for r in rs if r.get("valid")]
@@ -432,13 +400,12 @@ def connect_once(a, px, pid, big_size):
 def measure_connect(a, targets, big_size):
     """targets: [(proxy, pid or None)], interleaved like measure_rps."""
     runs = {px.name: [] for px, _ in targets}
-    for i in range(a.connect_runs):
-        for px, pid in rotated(targets, i):
-            r = connect_once(a, px, pid, big_size)
-            runs[px.name].append(r)
-            log(f"{px.name} CONNECT run {i + 1}/{a.connect_runs}: "
-                + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"invalid ({r['error']})")
-                + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
+    for i, (px, pid) in benchlib.rounds(targets, a.connect_runs):
+        r = connect_once(a, px, pid, big_size)
+        runs[px.name].append(r)
+        log(f"{px.name} CONNECT run {i + 1}/{a.connect_runs}: "
+            + (f"{r['mb_per_s']:.0f} MB/s" if r["valid"] else f"invalid ({r['error']})")
+            + (f", RSS +{r['rss']['growth_kib'] / 1024:.1f} MiB" if r["rss"] else ""))
     return {px.name: benchlib.download_summary(runs[px.name])
             for px, _ in targets}
 
@@ -612,18 +579,10 @@ def render(results):
             if P[n].get(k)]
     for lab, e in errs:
         lines.append(f"  ! {lab}: {e}")
-    inval = []
     for n in names:
         for c in concs:
-            v = dig(P[n], "rps", f"c{c}")
-            if v and v["valid_runs"] < len(v["runs"]):
-                bad = [r.get("error") for r in v["runs"] if not r.get("valid")]
-                inval.append(f"  ! {P[n]['label']} c={c}: {len(bad)} invalid run(s): {bad[0]}")
-        v = P[n].get("connect")
-        if v and v["valid_runs"] < len(v["runs"]):
-            bad = [r.get("error") for r in v["runs"] if not r.get("valid")]
-            inval.append(f"  ! {P[n]['label']} CONNECT: {len(bad)} invalid run(s): {bad[0]}")
-    lines += inval
+            lines += benchlib.invalid_runs(P[n]["label"], f"c={c}", dig(P[n], "rps", f"c{c}"))
+        lines += benchlib.invalid_runs(P[n]["label"], "CONNECT", P[n].get("connect"))
 
     # ratios to the baseline
     base = P.get("baseline")
@@ -741,10 +700,7 @@ def metrics_cost_lines(pd, pm, concs, blank):
 def check_targets(results):
     P = results["proxies"]
     pd = P["proxyd"]
-    out = []
-
-    def verdict(name, ok, detail):
-        out.append(f"{'-' if ok is None else ('met ' if ok else 'MISS')}  {name}: {detail}")
+    verdict = benchlib.Verdicts(unknown="-")
 
     v, pp, mm = (dig(pd, "rps", "c50", "median"), dig(P, "proxypy", "rps", "c50", "median"),
                  dig(P, "mitmdump", "rps", "c50", "median"))
@@ -766,7 +722,7 @@ def check_targets(results):
             f"{num(mib(s), '{:+.1f}')} MiB")
     s = pd.get("rss_start_kib")
     verdict("idle RSS < 40 MiB", None if s is None else s < 40 * 1024, f"{num(mib(s), '{:.1f}')} MiB")
-    return out
+    return verdict
 
 
 # --------------------------------------------------------------------- main
@@ -789,32 +745,25 @@ def parse_args(argv):
     ap.add_argument("--connect-max-time", type=int, default=180, help="seconds allowed per CONNECT download")
     ap.add_argument("--slow-seconds", type=int, default=20, help="length of each 1 MB/s slow-reader download")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the big file, MiB")
-    ap.add_argument("--port-base", type=int, default=18900,
-                    help="origin on this port, proxies on the next ones (127.0.0.1)")
-    benchlib.add_common_args(ap, REPO, "core for wrk, curl and the nginx origin",
+    benchlib.add_common_args(ap, 18900, "origin on this port, proxies on the next ones (127.0.0.1)",
+                             "core for wrk, curl and the nginx origin",
                              "core for the nginx origin (default: --client-cpu; 'none' = not pinned)",
                              "do not apt-get or pip anything", proxyd_ref=True)
-    a = ap.parse_args(argv)
-    if a.render:
-        return a
-    benchlib.split_choices(ap, a, ALL_PROXIES, ALL_MEASURES)
-    a.concurrency = [int(c) for c in a.concurrency.split(",") if c.strip()]
-    if a.quick:
-        a.runs, a.duration, a.connect_runs, a.slow_seconds = 1, 2, 1, 5
-    if not a.concurrency or any(not 1 <= c <= 1000 for c in a.concurrency):
-        ap.error("--concurrency: numbers 1..1000")
-    benchlib.check_args(ap, a, (("runs", 1, 50), ("duration", 1, 120), ("connect_runs", 1, 20),
-                                ("slow_seconds", 2, 300), ("big_mib", 1, 16384), ("connect_max_time", 5, 3600)))
-    if (os.cpu_count() or 1) < 2 and a.proxy_cpu == a.client_cpu:
+    a = benchlib.parse(ap, argv, ALL_PROXIES, ALL_MEASURES,
+                       quick={"runs": 1, "duration": 2, "connect_runs": 1, "slow_seconds": 5},
+                       ranges=(("runs", 1, 50), ("duration", 1, 120), ("connect_runs", 1, 20),
+                               ("slow_seconds", 2, 300), ("big_mib", 1, 16384), ("connect_max_time", 5, 3600)),
+                       numbers=(("concurrency", 1, 1000),))
+    if not a.render and (os.cpu_count() or 1) < 2 and a.proxy_cpu == a.client_cpu:
         log("warning: one core only; proxy and load generator share it")
     return a
 
 
 def main(argv=None):
-    a = parse_args(sys.argv[1:] if argv is None else argv)
-    if a.render:
-        print(render(json.loads(Path(a.render).read_text())))
-        return 0
+    return benchlib.main(argv, parse_args, render, bench)
+
+
+def bench(a, argv):
     started = benchlib.begin(PROCS, WORK, RESULTS)
     stamp = started.strftime("%Y%m%d-%H%M%S")
 
@@ -827,23 +776,13 @@ def main(argv=None):
     origin_port = a.port_base
     proxies = benchlib.make_proxies(PROXY_CLASSES, a, WORK, origin_port)
 
-    results = {"meta": {
-        "started": started.isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in ["bench/run.sh"] + (sys.argv[1:] if argv is None else argv)),
-        "host": benchlib.host_info(),
-        "options": {"proxies": a.proxies, "measure": a.measure, "runs": a.runs, "duration": a.duration,
-                    "concurrency": a.concurrency, "connect_runs": a.connect_runs,
-                    "slow_seconds": a.slow_seconds, "big_mib": a.big_mib, "proxy_cpu": a.proxy_cpu,
-                    "client_cpu": a.client_cpu, "origin_cpu": a.origin_cpu, "quick": a.quick, "origin_port": origin_port,
-                    "interleave": a.interleave},
-        "versions": {"nginx": deb_version("nginx-core") or deb_version("nginx-light") or deb_version("nginx"),
-                     "wrk": deb_version("wrk"), "curl": deb_version("curl")},
-        "proxyd_git": next((px.git for px in proxies if px.name == "proxyd"), None),
-    }, "proxies": {}}
+    results = benchlib.new_results(
+        started, "bench/run.sh", argv, a,
+        "proxies measure runs duration concurrency connect_runs slow_seconds big_mib proxy_cpu client_cpu "
+        "origin_cpu quick origin_port interleave", "nginx wrk curl",
+        proxyd_git=next((px.git for px in proxies if px.name == "proxyd"), None))
     out_json = RESULTS / f"bench-{stamp}.json"
-
-    def save():
-        out_json.write_text(json.dumps(results, indent=1))
+    save = benchlib.saver(results, out_json)
 
     if "parsers" in a.measure:
         log("parsers: h11 vs httptools")

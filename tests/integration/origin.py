@@ -76,6 +76,14 @@ HELLO = b"hello\n"
 # HTTP origin
 
 
+def _okWithHeaders(headers):
+    """An L{OriginHandler} route: the body read, then 200 C{ok\\n} with C{headers}, in order."""
+    def route(self, path, query, head):
+        self._readBody(lambda d: None)
+        self._send(200, b"ok\n", head=head, headers=headers)
+    return route
+
+
 class OriginHandler(http.server.BaseHTTPRequestHandler):
     """
     Paths:
@@ -149,24 +157,21 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
                     while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
                         pass
                     return total
-                left = size
-                while left:
-                    data = self.rfile.read(min(left, CHUNK))
-                    if not data:
-                        raise ConnectionError("EOF in chunk")
-                    sink(data)
-                    left -= len(data)
+                self._readExactly(size, sink, "chunk")
                 total += size
                 self.rfile.readline(16)
         length = int(self.headers.get("Content-Length", "0") or 0)
-        left = length
-        while left:
-            data = self.rfile.read(min(left, CHUNK))
-            if not data:
-                raise ConnectionError("EOF in body")
-            sink(data)
-            left -= len(data)
+        self._readExactly(length, sink, "body")
         return length
+
+    def _readExactly(self, n, sink, what):
+        """Feed the next C{n} bytes to C{sink(bytes)}; an EOF before is an error in C{what}."""
+        while n:
+            data = self.rfile.read(min(n, CHUNK))
+            if not data:
+                raise ConnectionError("EOF in " + what)
+            sink(data)
+            n -= len(data)
 
     def _send(self, code, body=b"", ctype="text/plain", headers=(), head=False):
         self.send_response(code)
@@ -309,27 +314,14 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
             return
         self._send(code, b"status %d\n" % code, head=head)
 
-    def route_multi_headers(self, path, query, head):
-        self._readBody(lambda d: None)
-        self._send(200, b"ok\n", head=head, headers=[
-            ("Set-Cookie", "a=1; Path=/"),
-            ("X-Multi", "1"),
-            ("Set-Cookie", "b=2; Path=/"),
-            ("X-Multi", "2"),
-            ("X-Multi", "3"),
-        ])
+    route_multi_headers = _okWithHeaders([
+        ("Set-Cookie", "a=1; Path=/"), ("X-Multi", "1"), ("Set-Cookie", "b=2; Path=/"),
+        ("X-Multi", "2"), ("X-Multi", "3")])
 
-    def route_hop_response(self, path, query, head):
-        self._readBody(lambda d: None)
-        self._send(200, b"ok\n", head=head, headers=[
-            ("Connection", "X-Hop-Resp"),
-            ("X-Hop-Resp", "1"),
-            ("Keep-Alive", "timeout=5"),
-            ("Proxy-Authenticate", 'Basic realm="origin"'),
-            ("Proxy-Connection", "keep-alive"),
-            ("Trailer", "X-Trail"),
-            ("X-End-To-End", "kept"),
-        ])
+    route_hop_response = _okWithHeaders([
+        ("Connection", "X-Hop-Resp"), ("X-Hop-Resp", "1"), ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authenticate", 'Basic realm="origin"'), ("Proxy-Connection", "keep-alive"),
+        ("Trailer", "X-Trail"), ("X-End-To-End", "kept")])
 
     def route_big_head(self, path, query, head):
         self._readBody(lambda d: None)
@@ -422,62 +414,75 @@ class HTTPOrigin(_ServerBase, http.server.ThreadingHTTPServer):
 # TLS origin and throwaway certificates
 
 
-def makeCA(name, notBefore, notAfter):
+def _issue(subject, caKey, caName, notBefore, notAfter, extensions):
     """
-    A self-signed P-256 CA certificate (CA:true, keyCertSign and cRLSign,
-    an SKI) with subject C{name} (an C{x509.Name}), valid from C{notBefore}
-    to C{notAfter}: (key, certificate).
+    A new P-256 key and a certificate for it with subject C{subject} (an
+    C{x509.Name}), valid from C{notBefore} to C{notAfter}, carrying the
+    (extension, critical) pairs C{extensions(key)} yields, in order, and
+    signed (SHA-256) by the CA C{caKey}/C{caName}, or by the new key itself
+    if C{caKey} is None: (key, certificate).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(subject).issuer_name(subject if caKey is None else caName)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(notBefore)
         .not_valid_after(notAfter)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
+    )
+    for extension, critical in extensions(key):
+        builder = builder.add_extension(extension, critical=critical)
+    return key, builder.sign(key if caKey is None else caKey, hashes.SHA256())
+
+
+def makeCA(name, notBefore, notAfter, caKey=None, caName=None):
+    """
+    A P-256 CA certificate (CA:true, keyCertSign and cRLSign, an SKI) with
+    subject C{name} (an C{x509.Name}), valid from C{notBefore} to
+    C{notAfter}: self-signed or, given the CA C{caKey}/C{caName}, an
+    intermediate signed by it (pathlen 0, an AKI): (key, certificate).
+    """
+    from cryptography import x509
+
+    def extensions(key):
+        yield x509.BasicConstraints(ca=True, path_length=None if caKey is None else 0), True
+        yield x509.KeyUsage(
             digital_signature=True, content_commitment=False, key_encipherment=False,
             data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+            crl_sign=True, encipher_only=False, decipher_only=False), True
+        yield x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+        if caKey is not None:
+            yield x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), False
+
+    return _issue(name, caKey, caName, notBefore, notAfter, extensions)
 
 
-def makeLeaf(caKey, caName, commonName, sans, notBefore, notAfter):
+def makeLeaf(caKey, caName, commonName, sans, notBefore, notAfter, clientAuth=False):
     """
-    A P-256 server certificate (serverAuth, an AKI) for C{commonName} and
-    the C{x509} general names C{sans}, signed by the CA C{caKey}/C{caName},
-    valid from C{notBefore} to C{notAfter}: (key, certificate).
+    A P-256 end-entity certificate for C{commonName} (an AKI), signed by the
+    CA C{caKey}/C{caName}, valid from C{notBefore} to C{notAfter}: a server
+    certificate (serverAuth) or, with C{clientAuth}, a client one
+    (clientAuth); for the C{x509} general names C{sans} unless that is None
+    (no SAN extension): (key, certificate).
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
-        .issuer_name(caName)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(notBefore)
-        .not_valid_after(notAfter)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False)
-        .sign(caKey, hashes.SHA256())
-    )
-    return key, cert
+    def extensions(key):
+        yield x509.BasicConstraints(ca=False, path_length=None), True
+        if sans is not None:
+            yield x509.SubjectAlternativeName(sans), False
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if clientAuth else ExtendedKeyUsageOID.SERVER_AUTH
+        yield x509.ExtendedKeyUsage([usage]), False
+        yield x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), False
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
+    return _issue(subject, caKey, caName, notBefore, notAfter, extensions)
 
 
 def privateKeyPEM(key):
@@ -875,57 +880,18 @@ def makeIntermediateCA(caKey, caName, name, notBefore, notAfter):
     """
     A P-256 intermediate CA (CA:true, pathlen 0, keyCertSign, an SKI and an
     AKI) with subject C{name}, signed by the CA C{caKey}/C{caName}:
-    (key, certificate).
+    (key, certificate).  L{makeCA} with an issuer.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(caName)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(notBefore)
-        .not_valid_after(notAfter)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False)
-        .sign(caKey, hashes.SHA256())
-    )
-    return key, cert
+    return makeCA(name, notBefore, notAfter, caKey, caName)
 
 
 def makeClientLeaf(caKey, caName, commonName, notBefore, notAfter):
     """
     A P-256 client certificate (clientAuth, an AKI) for C{commonName},
     signed by the CA C{caKey}/C{caName}: (key, certificate).
+    L{makeLeaf} with C{clientAuth} and no SAN.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
-        .issuer_name(caName)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(notBefore)
-        .not_valid_after(notAfter)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False)
-        .sign(caKey, hashes.SHA256())
-    )
-    return key, cert
+    return makeLeaf(caKey, caName, commonName, None, notBefore, notAfter, clientAuth=True)
 
 
 def certificatesPEM(*certs):
