@@ -29,7 +29,9 @@ out a little nearer 1 than this one.
 Run it from the repository with proxyd importable: `python
 bench/pluginloop.py` where proxyd is installed, or with
 PYTHONPATH=REPO:DIR where DIR/proxyd_plugins is REPO's plugins/ (how
-setup.cfg installs them). `--profile` adds a cProfile of variant (b).
+setup.cfg installs them). `--profile` adds a cProfile of variant (b);
+`--calls` adds the function calls per exchange of each variant, counted by
+cProfile: unlike the times, the same on a busy machine as on an idle one.
 """
 
 import argparse
@@ -168,6 +170,16 @@ def profile(loop, exchanges, sort, top):
     return out.getvalue()
 
 
+def callsPerExchange(loop, exchanges):
+    """Function calls (Python and built-in) per exchange, as cProfile counts them."""
+    prof = cProfile.Profile()
+    prof.enable()
+    loop.run(exchanges)
+    prof.disable()
+    loop.checked()
+    return sum(calls for _, calls, _, _, _ in pstats.Stats(prof).stats.values()) / exchanges
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -181,6 +193,8 @@ def main(argv=None):
     ap.add_argument("--profile-sort", default="tottime", choices=["tottime", "cumulative", "ncalls"],
                     help="order of the profile's lines")
     ap.add_argument("--profile-top", type=int, default=25, help="how many profile lines")
+    ap.add_argument("--calls", action="store_true",
+                    help="then count the function calls per exchange of each variant (cProfile, 1000 exchanges)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' = stdout only JSON)")
     a = ap.parse_args(argv)
     if a.quick:
@@ -209,6 +223,8 @@ def main(argv=None):
         "headers_us_per_exchange": {"median": round(mh, 2), "rounds": [round(x, 2) for x in us["headers"]]},
         "ratio_plain_over_headers": round(mp / mh, 3),
     }
+    if a.calls:
+        res["calls_per_exchange"] = {lp.name: round(callsPerExchange(lp, 1000), 1) for lp in loops}
     if a.json == "-":
         print(json.dumps(res))
         return 0
@@ -222,6 +238,10 @@ def main(argv=None):
     print(f"  headers plugin    {mh:9.2f} us/exchange  (+{mh - mp:.2f} us: {HEADERS_PLUGIN})")
     print(f"  ratio plain/headers: {mp / mh:.2f} (the req/s ratio proxyd+headers / proxyd on an unloaded "
           f"CPU; run.py's target for it: >= 0.8)")
+    if a.calls:
+        calls = res["calls_per_exchange"]
+        print(f"  function calls per exchange (cProfile): no plugins {calls['plain']:g}, "
+              f"headers plugin {calls['headers']:g}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -122,15 +122,12 @@ class _HeaderEdits:
     request = attr.ib()
     response = attr.ib()
 
-    def _applies(self, flow):
-        return not self.hosts or matchesHost(self.hosts, flow.request.host)
-
 
 class _RequestHeaders(_HeaderEdits, RequestRewriter):
     """Edits request headers only: response hooks are never called."""
 
     def requestHead(self, flow):
-        if self._applies(flow):
+        if not self.hosts or matchesHost(self.hosts, flow.request.host):
             self.request.apply(flow.request.headers)
         return None
 
@@ -139,7 +136,7 @@ class _ResponseHeaders(_HeaderEdits, ResponseRewriter):
     """Edits response headers only: request hooks are never called."""
 
     def responseHead(self, flow):
-        if self._applies(flow):
+        if not self.hosts or matchesHost(self.hosts, flow.request.host):
             self.response.apply(flow.response.headers)
         return None
 

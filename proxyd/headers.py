@@ -72,10 +72,52 @@ def addVia(headers, version=b"1.1"):
     return headers
 
 
+# The Headers plugins see are made twice per exchange whenever a plugin is
+# on, and Headers.addRawHeader re-checks each name and value.  proxyd's
+# parser has already refused what those checks clean up (line breaks in
+# values, names that are not tokens), so where this Twisted keeps its
+# headers in a name -> values dict under the names addRawHeader makes
+# (checked once below, against the public API), proxyd fills that dict
+# directly; anywhere else it uses the public API.
+#
+# Either way names are handled as Headers spells them (its keys, learnt
+# once per wire spelling): which headers to leave out is then one set
+# lookup on a name whose hash is cached, not a lower() per header.
+
+
+def _headerKey(name):
+    """C{name} as L{Headers} spells it (C{b"content-TYPE"} -> C{b"Content-Type"}, C{b"te"} -> C{b"TE"})."""
+    probe = Headers()
+    probe.addRawHeader(name, b"")
+    ((key, _),) = probe.getAllRawHeaders()
+    return key
+
+
+_canonical = {}
+
+
+def _canonicalName(name):
+    """L{_headerKey}, remembered per spelling (bounded)."""
+    key = _headerKey(name)
+    if len(_canonical) >= 4096:
+        _canonical.clear()  # a hostile client's endless spellings
+    _canonical[name] = key
+    return key
+
+
+def _keys(names):
+    return frozenset(_headerKey(name) for name in names)
+
+
 # What plugins may not decide: hop-by-hop and framing headers (proxyd's)
-# and Host (which proxyd writes first, from the request).
-_NOT_FROM_PLUGINS = HOP_BY_HOP | FRAMING | frozenset([b"host"])
-_NOT_FROM_PLUGINS_RESPONSE = HOP_BY_HOP | FRAMING
+# and Host (which proxyd writes first, from the request); as Headers keys.
+_NOT_FROM_PLUGINS = _keys(HOP_BY_HOP | FRAMING | frozenset([b"host"]))
+_NOT_FROM_PLUGINS_RESPONSE = _keys(HOP_BY_HOP | FRAMING)
+_CONNECTION = _headerKey(b"connection")
+_UPGRADE = _headerKey(b"upgrade")
+
+# Connection values that name no header a view could hold (the common ones).
+_NAMES_NOTHING = HOP_BY_HOP | frozenset([b"close"])
 
 
 def toHeaders(pairs):
@@ -86,65 +128,96 @@ def toHeaders(pairs):
     return headers
 
 
-# Filling plugin-visible Headers runs twice per exchange whenever a plugin
-# is on, and Headers.addRawHeader re-checks each name and value.  proxyd's
-# parser has already refused what those checks clean up (line breaks in
-# values, names that are not tokens), so where this Twisted keeps its
-# headers in a name -> values dict under the names addRawHeader makes
-# (checked once below, against the public API), proxyd fills that dict
-# directly; anywhere else it uses the public API.
-_canonical = {}
-
-
-def _canonicalName(name):
-    """C{name} spelt as L{Headers} keys it, learnt from Headers once per spelling (bounded)."""
-    probe = Headers()
-    probe.addRawHeader(name, b"")
-    (key,) = probe._rawHeaders
-    if len(_canonical) >= 4096:
-        _canonical.clear()  # a hostile client's endless spellings
-    _canonical[name] = key
-    return key
-
-
-def _fillDirect(headers, pairs):
-    """Add wire C{pairs} to a fresh L{Headers} (see above)."""
-    raw = headers._rawHeaders
+def _viewDirect(wire, excluded, keep, host):
+    """
+    A fresh L{Headers} of the wire pairs whose names (as keys) are not in
+    C{excluded} (C{keep} excepted), after C{Host: host} unless C{host} is
+    None: one pass, filled straight into Twisted's dict (see above).
+    """
+    headers = Headers.__new__(Headers)  # Headers() without the call to its __init__
+    raw = headers._rawHeaders = {}
+    if host is not None:
+        raw[b"Host"] = [host]
     canonical = _canonical
-    for name, value in pairs:
+    connection = None
+    for name, value in wire:
         key = canonical.get(name) or _canonicalName(name)
+        if key in excluded and key != keep:
+            if key == _CONNECTION and value.lower() not in _NAMES_NOTHING:
+                if connection is None:
+                    connection = []
+                connection.append(value)
+            continue
         values = raw.get(key)
         if values is None:
             raw[key] = [value]
         else:
             values.append(value)
+    if connection is not None:
+        _dropNamed(headers, connection, excluded, keep)
     return headers
 
 
-def _fillsLikeTwisted():
-    sample = [(b"content-TYPE", b"a"), (b"X-Two", b"1"), (b"x-two", b"2"), (b"Etag", b"e")]
-    public = Headers()
-    for name, value in sample:
-        public.addRawHeader(name, value)
+def _viewPublic(wire, excluded, keep, host):
+    """L{_viewDirect} through the public API of L{Headers}."""
+    headers = Headers()
+    if host is not None:
+        headers.addRawHeader(b"Host", host)
+    canonical = _canonical
+    connection = None
+    for name, value in wire:
+        key = canonical.get(name) or _canonicalName(name)
+        if key in excluded and key != keep:
+            if key == _CONNECTION and value.lower() not in _NAMES_NOTHING:
+                if connection is None:
+                    connection = []
+                connection.append(value)
+            continue
+        headers.addRawHeader(key, value)
+    if connection is not None:
+        _dropNamed(headers, connection, excluded, keep)
+    return headers
+
+
+def _dropNamed(headers, connection, excluded, keep):
+    """
+    Remove the headers the Connection values C{connection} name (hop-by-hop
+    for this connection only), but not C{keep} nor C{excluded} ones, which
+    were never added from the wire (the request's Host is proxyd's own).
+    """
+    named = connectionTokens([(b"connection", value) for value in connection])
+    drop = [
+        name for name, _ in headers.getAllRawHeaders()
+        if name.lower() in named and name not in excluded and name != keep
+    ]
+    for name in drop:
+        headers.removeHeader(name)
+
+
+_SELF_CHECK = [
+    (b"content-TYPE", b"a"), (b"X-Two", b"1"), (b"Connection", b"x-gone, keep-alive"), (b"x-two", b"2"),
+    (b"Etag", b"e"), (b"X-Gone", b"g"), (b"Upgrade", b"u"), (b"connection", b"upgrade"), (b"te", b"t"),
+]
+
+
+def _viewsLikeTwisted():
+    """Whether L{_viewDirect} builds exactly what L{_viewPublic} does, names and order alike."""
     try:
-        fast = _fillDirect(Headers(), sample)
-        return type(fast._rawHeaders) is dict and fast._rawHeaders == public._rawHeaders and (
-            fast.getRawHeaders(b"x-two") == [b"1", b"2"]
-        )
+        for keep, host in ((None, None), (_UPGRADE, b"h")):
+            fast = _viewDirect(_SELF_CHECK, _NOT_FROM_PLUGINS, keep, host)
+            public = _viewPublic(_SELF_CHECK, _NOT_FROM_PLUGINS, keep, host)
+            if type(fast._rawHeaders) is not dict or list(fast._rawHeaders.items()) != list(
+                public.getAllRawHeaders()
+            ):
+                return False
+        return fast.getRawHeaders(b"x-two") == [b"1", b"2"] and not fast.hasHeader(b"x-gone")
     except Exception:
         return False
     finally:
         _canonical.clear()
 
 
-def _fillPublic(headers, pairs):
-    """Add wire C{pairs} to L{Headers} through its public API."""
-    for name, value in pairs:
-        headers.addRawHeader(name, value)
-    return headers
-
-
-_fill = _fillDirect if _fillsLikeTwisted() else _fillPublic
+_view = _viewDirect if _viewsLikeTwisted() else _viewPublic
 
 
 def requestHeaders(head, host):
@@ -153,27 +226,21 @@ def requestHeaders(head, host):
     C{Host: host} first, then the end-to-end headers without framing ones;
     C{Upgrade} is kept on a GET that asks for one (a WebSocket handshake).
     """
-    wire = head.headers
-    named = connectionTokens(wire)
-    keepUpgrade = head.method == b"GET"
-    pairs = [(b"Host", host)]
-    pairs += [
-        (name, value)
-        for name, value in wire
-        if not ((lname := name.lower()) in _NOT_FROM_PLUGINS or lname in named)
-        or (keepUpgrade and lname == b"upgrade")
-    ]
-    return _fill(Headers(), pairs)
+    return _view(head.headers, _NOT_FROM_PLUGINS, _UPGRADE if head.method == b"GET" else None, host)
 
 
 def responseHeaders(wire):
     """The L{Headers} response hooks see: end-to-end, no framing headers."""
-    named = connectionTokens(wire)
-    return _fill(Headers(), [
-        (name, value)
-        for name, value in wire
-        if not ((lname := name.lower()) in _NOT_FROM_PLUGINS_RESPONSE or lname in named)
-    ])
+    return _view(wire, _NOT_FROM_PLUGINS_RESPONSE, None, None)
+
+
+def _asHeaders(headers):
+    """What a plugin put in place of a L{Headers}, as one (its names spelt as Headers keys)."""
+    copy = Headers()
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            copy.addRawHeader(name, value)
+    return copy
 
 
 def wirePairs(headers, keepUpgrade=False):
@@ -181,11 +248,32 @@ def wirePairs(headers, keepUpgrade=False):
     The L{Headers} a plugin left, as wire pairs without hop-by-hop,
     framing or Host headers (C{Upgrade} kept with C{keepUpgrade}).
     """
+    if not isinstance(headers, Headers):
+        headers = _asHeaders(headers)
+    keep = _UPGRADE if keepUpgrade else None
     out = []
     for name, values in headers.getAllRawHeaders():
-        lname = name.lower()
-        if lname in _NOT_FROM_PLUGINS and not (keepUpgrade and lname == b"upgrade"):
+        if name in _NOT_FROM_PLUGINS and name != keep:
             continue
         for value in values:
             out.append((name, value))
     return out
+
+
+def requestWirePairs(headers, method):
+    """
+    L{wirePairs} for a request, and whether it is a GET asking to upgrade
+    (its C{Upgrade} is then kept), in one pass.
+    """
+    if not isinstance(headers, Headers):
+        headers = _asHeaders(headers)
+    out = []
+    upgrading = False
+    for name, values in headers.getAllRawHeaders():
+        if name in _NOT_FROM_PLUGINS:
+            if name != _UPGRADE or method != b"GET":
+                continue
+            upgrading = True
+        for value in values:
+            out.append((name, value))
+    return out, upgrading

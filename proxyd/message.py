@@ -58,7 +58,7 @@ class Request:
     @classmethod
     def new(cls, method, url, headers, version):
         """proxyd's own constructor, for values already of the right types."""
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
         self.method = method
         self.url = url
         self.headers = headers
@@ -125,7 +125,7 @@ class Response:
     @classmethod
     def new(cls, status, reason, headers):
         """proxyd's own constructor, for a streamed upstream response."""
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -183,7 +183,7 @@ class Flow:
     @classmethod
     def new(cls, request, mode, client, started):
         """proxyd's own constructor (one per request with plugins on)."""
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
         self.request = request
         self.mode = mode
         self.client = client

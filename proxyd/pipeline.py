@@ -77,6 +77,16 @@ class Plan:
         return [(stage, how) for stage, how in self.steps if how is not READ_BODY]
 
 
+# The plan of almost every round: no response, no body wanted.  Shared, so
+# never changed (nothing changes a Plan once made).
+NOTHING = Plan()
+
+
+def _plan(response, steps):
+    """A L{Plan}, or L{NOTHING} for an empty one."""
+    return NOTHING if response is None and not steps else Plan(response, steps)
+
+
 def _isResponse(value):
     return isinstance(value, Response)
 
@@ -130,9 +140,9 @@ class Pipeline:
             raise _bad(stage, "requestHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
         ran = self.runner.run(self._requestHeads, (flow,), answer, flow, "requestHead")
-        if ran is None:
-            return Plan(flow.response, steps)
-        return ran.addCallback(lambda _: Plan(flow.response, steps))
+        if ran is None:  # every hook answered at once (inlined _plan: this runs per request)
+            return NOTHING if flow.response is None and not steps else Plan(flow.response, steps)
+        return ran.addCallback(lambda _: _plan(flow.response, steps))
 
     def responseHead(self, flow):
         """
@@ -158,9 +168,9 @@ class Pipeline:
             raise _bad(stage, "responseHead", value, "None, READ_BODY, an IBodyFilter or a Response")
 
         ran = self.runner.run(self._responseHeads, (flow,), answer, flow, "responseHead")
-        if ran is None:
-            return Plan(replaced[-1] if replaced else None, steps)
-        return ran.addCallback(lambda _: Plan(replaced[-1] if replaced else None, steps))
+        if ran is None:  # every hook answered at once (inlined _plan)
+            return Plan(replaced[-1], steps) if replaced else Plan(None, steps) if steps else NOTHING
+        return ran.addCallback(lambda _: _plan(replaced[-1] if replaced else None, steps))
 
     # Whole bodies
 
@@ -174,7 +184,7 @@ class Pipeline:
         """
         flow.request.body = body
         ran = self._runBody(flow, flow.request, plan.steps, "requestBody", True)
-        return then(ran, lambda _: Plan(flow.response))
+        return then(ran, lambda _: _plan(flow.response, ()))
 
     def responseBody(self, flow, body, plan):
         """

@@ -19,10 +19,10 @@ from proxyd.exchange import HttpExchange
 from proxyd.urls import DEFAULT_PORTS, formatAuthority, splitURL
 from proxyd.errors import ProxyError, statusPhrase
 from proxyd.forwarded import replaceForwarding
-from proxyd.headers import FRAMING, addVia, requestHeaders, responseHeaders, wirePairs
+from proxyd.headers import FRAMING, addVia, requestHeaders, requestWirePairs, responseHeaders, wirePairs
 from proxyd.message import Flow, Request, Response
 from proxyd.hooks import isDeferred
-from proxyd.pipeline import PluginError
+from proxyd.pipeline import NOTHING, PluginError
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -34,12 +34,21 @@ def _bodyless(method, status):
 class PluginExchange(HttpExchange):
     """
     One exchange through the plugin pipeline (C{channel.factory.pipeline}).
+
+    The usual exchange, whose hooks answer at once and want no body, takes
+    a short path: request hooks, then L{HttpExchange} on to the upstream;
+    response hooks, then the head and a body relayed by L{HttpExchange} as
+    is.  Only an exchange whose plugins want a body (L{_takeRequestBody},
+    L{_takeResponseBody}) or wait on a Deferred goes through the rest.
     """
 
     _log = Logger()
 
-    # Per-exchange state, at its class defaults until an exchange needs it
-    # (an instance sets only what it uses: this runs for every request).
+    # Per-exchange state, at its class defaults until an exchange needs it.
+    # An instance sets only what it uses: besides the cost of each store,
+    # CPython shares one key table among a class's instances for up to 29
+    # attributes, and HttpExchange and the channel already set 27 on the usual path
+    # (tests/unit/test_rewriting.py's CommonPathTests keeps the count).
     flow = None
     waiting = None  # the pipeline Deferred in flight
     requestPlan = None
@@ -55,16 +64,14 @@ class PluginExchange(HttpExchange):
     sentLength = 0
     lostWhileHeld = None  # (reason, conn): the upstream closed during response hooks
     upstreamHeld = False
-
-    def __init__(self, channel, head, host, port, path, hostHeader, tlsName=None):
-        HttpExchange.__init__(self, channel, head, host, port, path, hostHeader, tlsName)
-        self.pipeline = channel.factory.pipeline
+    pipeline = None  # the factory's as start() found it: a reload mid-exchange does not change it
 
     # Request head
 
     def start(self):
         head = self.head
         channel = self.channel
+        self.pipeline = channel.factory.pipeline
         if self.publicURL is not None:
             url = self.publicURL  # reverse mode: the URL the client asked for
         elif self.tlsName is not None or channel.origin is not None:
@@ -72,14 +79,24 @@ class PluginExchange(HttpExchange):
             url = scheme + b"://" + formatAuthority(self.tlsName or self.host, self.port, default) + self.path
         else:
             url = b"http://" + self.hostHeader + self.path
-        self.originalURL = url
-        self.flow = Flow.new(
+        self.flow = flow = Flow.new(
             Request.new(head.method, url, requestHeaders(head, self.hostHeader), head.version),
             channel.config.mode,
             channel.client,
             channel.startTime,
         )
-        self._step(self._requestPlanned, self.pipeline.requestHead, self.flow)
+        # _step(self._requestPlanned, ...), unrolled for the usual answer.
+        try:
+            plan = self.pipeline.requestHead(flow)
+        except PluginError as e:
+            self._pluginError(e)
+            return
+        if plan is NOTHING:
+            if not self.done:
+                self._route(url)  # no hook wants the body or answered: straight on
+        else:
+            self.originalURL = url
+            self._then(plan, self._requestPlanned)
 
     def _step(self, then, run, *args, onWait=None):
         """
@@ -89,17 +106,23 @@ class PluginExchange(HttpExchange):
         """
         try:
             result = run(*args)
-            if not isDeferred(result):
-                if not self.done:
-                    then(result)
-                return
         except PluginError as e:
             self._pluginError(e)
             return
-        if onWait is not None:
-            onWait()
-        self.waiting = result
-        result.addCallbacks(self._resumed, self._pluginFailed, (then,))
+        self._then(result, then, onWait)
+
+    def _then(self, result, then, onWait=None):
+        """C{then(result)}: now, or (after C{onWait()}) once the Deferred C{result} fires."""
+        if isDeferred(result):
+            if onWait is not None:
+                onWait()
+            self.waiting = result
+            result.addCallbacks(self._resumed, self._pluginFailed, (then,))
+        elif not self.done:
+            try:
+                then(result)
+            except PluginError as e:
+                self._pluginError(e)
 
     def _resumed(self, result, then):
         self.waiting = None
@@ -144,21 +167,39 @@ class PluginExchange(HttpExchange):
         if self.head.framing == h1.NO_BODY:
             if steps and plan.filters:
                 self.pipeline.filterEnd(plan.filters, self.flow)
-            self._route()
+            self._route(self.originalURL)
         elif steps and plan.readers:
+            self._takeRequestBody()
             self.requestBuffer = []
             self.flow.request.headers.removeHeader(b"expect")
             if self.head.expectContinue:
                 self.channel.transport.write(CONTINUE)
             self.channel.releaseRequest()
         else:
-            self.requestFilters = (plan.filters or None) if steps else None
-            self._route()
+            if steps:
+                self._takeRequestBody()
+                self.requestFilters = plan.filters or None
+            self._route(self.originalURL)
 
-    def _route(self):
-        """Send the request where its (maybe rewritten) URL says."""
+    def _takeRequestBody(self):
+        """
+        A plugin wants the request body, whole or through a filter: from now
+        on its events come to the C{_rewritten*} methods below.  Every other
+        exchange relays its body with L{HttpExchange}'s methods directly
+        (this class does not override them: no detour on the common path).
+        """
+        self.requestBody = self._rewrittenRequestBody
+        self.requestEnd = self._rewrittenRequestEnd
+        self._sendBodyStart = self._rewrittenSendBodyStart
+
+    def _takeResponseBody(self):
+        """As L{_takeRequestBody}, for the upstream's response body."""
+        self.upstreamEvent = self._rewrittenUpstreamEvent
+
+    def _route(self, originalURL):
+        """Send the request where its (maybe rewritten) URL says (C{originalURL}: before the hooks)."""
         request = self.flow.request
-        if request.url != self.originalURL:
+        if request.url != originalURL:
             try:
                 self._retarget(request)
             except ValueError as e:
@@ -166,7 +207,9 @@ class PluginExchange(HttpExchange):
                 self.fail(502, str(e))
                 return
         else:
-            self.hostHeader = request.header(b"host", self.hostHeader)
+            hosts = request.headers.getRawHeaders(b"host")
+            if hosts:
+                self.hostHeader = hosts[-1]
         self.method = request.method
         HttpExchange.start(self)
 
@@ -193,7 +236,7 @@ class PluginExchange(HttpExchange):
 
     # Request body
 
-    def requestBody(self, data):
+    def _rewrittenRequestBody(self, data):
         if self.requestBuffer is not None:
             self.requestBuffer.append(data)
             self.bufferSize += len(data)
@@ -212,7 +255,7 @@ class PluginExchange(HttpExchange):
         self.pendingBody, self.requestBuffer = self.requestBuffer, None
         self.requestFilters = plan.filters or None
         self.channel.holdRequest()  # the rest waits for the upstream
-        self._route()
+        self._route(self.originalURL)
 
     def _overflowWarning(self, plan, what):
         self._log.warn(
@@ -224,7 +267,7 @@ class PluginExchange(HttpExchange):
             plugins=", ".join(stage.label for stage in plan.readers),
         )
 
-    def requestEnd(self):
+    def _rewrittenRequestEnd(self):
         if self.requestBuffer is not None:
             self.requestDone = True
             body = b"".join(self.requestBuffer)
@@ -244,15 +287,14 @@ class PluginExchange(HttpExchange):
             self._answer()
             return
         self.wholeBody = self.flow.request.body or b""
-        self._route()
+        self._route(self.originalURL)
 
     # Upstream request
 
     def _requestHeadBytes(self):
         request = self.flow.request
         head = self.head
-        self.upgrading = request.method == b"GET" and request.headers.hasHeader(b"upgrade")
-        headers = wirePairs(request.headers, keepUpgrade=self.upgrading)
+        headers, self.upgrading = requestWirePairs(request.headers, request.method)
         headers.insert(0, (b"Host", self.hostHeader))
         if self.upgrading:
             headers.append((b"Connection", b"upgrade"))
@@ -270,7 +312,7 @@ class PluginExchange(HttpExchange):
         addVia(headers, head.version)
         return h1.serializeHead(request.method + b" " + self.path + b" HTTP/1.1", headers)
 
-    def _sendBodyStart(self, conn):
+    def _rewrittenSendBodyStart(self, conn):
         if self.wholeBody is not None:
             if self.wholeBody:
                 conn.transport.write(self.wholeBody)
@@ -285,13 +327,25 @@ class PluginExchange(HttpExchange):
     # Response
 
     def _responseHead(self, head):
-        if head.status == 101 or not self.pipeline.responseStages:
+        pipeline = self.pipeline
+        if head.status == 101 or not pipeline.responseStages:
             HttpExchange._responseHead(self, head)
             return
         self.responseHead = head
         self.status = head.status
-        self.flow.response = Response.new(head.status, head.reason or statusPhrase(head.status), responseHeaders(head.headers))
-        self._step(self._responsePlanned, self.pipeline.responseHead, self.flow, onWait=self._holdUpstream)
+        flow = self.flow
+        flow.response = Response.new(head.status, head.reason or statusPhrase(head.status), responseHeaders(head.headers))
+        # _step(self._responsePlanned, ...), unrolled for the usual answer.
+        try:
+            plan = pipeline.responseHead(flow)
+        except PluginError as e:
+            self._pluginError(e)
+            return
+        if plan is NOTHING:
+            if not self.done:
+                self._streamHead(None)  # nothing asked of the body: it streams as it comes
+        else:
+            self._then(plan, self._responsePlanned, self._holdUpstream)
 
     def _holdUpstream(self):
         """Hooks are waiting on something: the upstream's body waits too."""
@@ -323,9 +377,11 @@ class PluginExchange(HttpExchange):
                 self.pipeline.filterEnd(plan.filters, self.flow)
             self._streamHead(None)
         elif plan.readers:
+            self._takeResponseBody()
             self.responseBuffer = []
             self.bufferSize = 0
         else:
+            self._takeResponseBody()
             self._streamHead(plan.filters or None)
         if not self.upstreamHeld:
             return  # the hooks answered at once: the reader goes on by itself
@@ -351,7 +407,8 @@ class PluginExchange(HttpExchange):
         head = self.responseHead
         response = self.flow.response
         self.responseStarted = True
-        self.responseFilters = filters
+        if filters is not None:
+            self.responseFilters = filters
         self.status = response.status
         headers = wirePairs(response.headers)
         framing = head.framing
@@ -366,10 +423,11 @@ class PluginExchange(HttpExchange):
             framing = h1.CHUNKED
         self._sendHead(response.status, response.reason, headers, framing, head.version, framing != h1.NO_BODY)
 
-    def upstreamEvent(self, kind, value):
-        if kind == h1.BODY and self.responseHead is not None and self.responseHead.status != 101:
+    def _rewrittenUpstreamEvent(self, kind, value):
+        """C{upstreamEvent} once a plugin wants the response body (L{_takeResponseBody})."""
+        if kind == h1.BODY:
             if self.responseFilters is None and self.responseBuffer is None:
-                HttpExchange.upstreamEvent(self, kind, value)  # the common case: relayed as is
+                HttpExchange.upstreamEvent(self, kind, value)
                 return
             self._responseBody(value)
         elif kind == h1.END and (self.responseBuffer is not None or self.responseFilters is not None):

@@ -215,23 +215,67 @@ class PluginViewTests(SynchronousTestCase):
         self.assertFalse(headers.hasHeader(b"transfer-encoding"))
         self.assertFalse(headers.hasHeader(b"x-gone"))
 
-    def test_directFillEqualsPublicAPI(self):
+    def test_directViewEqualsPublicAPI(self):
         """The shortcut builds exactly what addRawHeader would, names and order alike."""
-        from twisted.web.http_headers import Headers
-
         from proxyd import headers as module
 
-        self.assertIs(module._fill, module._fillDirect, "this Twisted should allow the direct fill")
-        pairs = [(b"content-type", b"a"), (b"X-FOO-bar", b"1"), (b"x-foo-BAR", b"2"), (b"Www-Authenticate", b"w"), (b"dnt", b"1")]
-        self.assertEqual(
-            list(module._fillDirect(Headers(), pairs).getAllRawHeaders()),
-            list(module._fillPublic(Headers(), pairs).getAllRawHeaders()),
-        )
+        self.assertIs(module._view, module._viewDirect, "this Twisted should allow the direct fill")
+        wire = [(b"content-type", b"a"), (b"X-FOO-bar", b"1"), (b"Connection", b"keep-alive"), (b"x-foo-BAR", b"2"),
+                (b"Www-Authenticate", b"w"), (b"dnt", b"1"), (b"connection", b"X-Hop, upgrade"), (b"x-hop", b"h"),
+                (b"Upgrade", b"websocket"), (b"Host", b"wire"), (b"Content-Length", b"0")]
+        for excluded in (module._NOT_FROM_PLUGINS, module._NOT_FROM_PLUGINS_RESPONSE):
+            for keep, host in ((None, None), (module._UPGRADE, b"example.com")):
+                fast = module._viewDirect(wire, excluded, keep, host)
+                public = module._viewPublic(wire, excluded, keep, host)
+                self.assertEqual(list(fast.getAllRawHeaders()), list(public.getAllRawHeaders()))
+                self.assertFalse(fast.hasHeader(b"x-hop"))
+                self.assertEqual(fast.hasHeader(b"upgrade"), keep is not None)
+                self.assertEqual(fast.getRawHeaders(b"x-foo-bar"), [b"1", b"2"])
+                fast.addRawHeader(b"X-New", b"n")  # an ordinary Headers for the plugin
+                self.assertEqual(fast.getRawHeaders(b"x-new"), [b"n"])
+
+    def test_connectionNamesAreDropped(self):
+        """Connection may name end-to-end headers, in several Connection headers; Host stays proxyd's."""
+        from proxyd.headers import responseHeaders
+
+        wire = [(b"Connection", b"keep-alive, X-A"), (b"X-A", b"1"), (b"x-b", b"2"), (b"connection", b"x-b, host"),
+                (b"Host", b"h"), (b"X-C", b"3")]
+        self.assertEqual(list(responseHeaders(wire).getAllRawHeaders()), [(b"X-C", [b"3"])])
+        request = self._head(b"GET", wire)
+        from proxyd.headers import requestHeaders
+
+        self.assertEqual(list(requestHeaders(request, b"proxyd-host").getAllRawHeaders()),
+                         [(b"Host", [b"proxyd-host"]), (b"X-C", [b"3"])])
 
     def test_spellingCacheBounded(self):
-        from twisted.web.http_headers import Headers
-
         from proxyd import headers as module
 
-        module._fillDirect(Headers(), [(b"X-N%d" % i, b"v") for i in range(5000)])
+        module._viewDirect([(b"X-N%d" % i, b"v") for i in range(5000)], frozenset(), None, None)
         self.assertLessEqual(len(module._canonical), 4096)
+
+
+class RequestWirePairsTests(SynchronousTestCase):
+    """requestWirePairs: what a plugin left, back on the wire, and whether it upgrades."""
+
+    def test_upgradeKeptOnGetOnly(self):
+        from twisted.web.http_headers import Headers
+
+        from proxyd.headers import requestWirePairs, wirePairs
+
+        headers = Headers({b"Host": [b"h"], b"Upgrade": [b"websocket"], b"X-A": [b"1", b"2"], b"TE": [b"x"]})
+        self.assertEqual(requestWirePairs(headers, b"GET"),
+                         ([(b"Upgrade", b"websocket"), (b"X-A", b"1"), (b"X-A", b"2")], True))
+        self.assertEqual(requestWirePairs(headers, b"POST"), ([(b"X-A", b"1"), (b"X-A", b"2")], False))
+        headers.removeHeader(b"upgrade")
+        self.assertEqual(requestWirePairs(headers, b"GET"), (wirePairs(headers), False))
+
+    def test_notHeaders(self):
+        """Something else a plugin put in place of the Headers is read through getAllRawHeaders."""
+        from proxyd.headers import requestWirePairs, wirePairs
+
+        class Duck:
+            def getAllRawHeaders(self):
+                return iter([(b"x-a", [b"1"]), (b"connection", [b"close"]), (b"upgrade", [b"u"])])
+
+        self.assertEqual(wirePairs(Duck()), [(b"X-A", b"1")])
+        self.assertEqual(requestWirePairs(Duck(), b"GET"), ([(b"X-A", b"1"), (b"Upgrade", b"u")], True))

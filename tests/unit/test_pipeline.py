@@ -27,7 +27,7 @@ from proxyd.interfaces import (
     Rewriter,
 )
 from proxyd.message import ConnectTarget, Response
-from proxyd.pipeline import Pipeline, PluginError, Plan, Stage
+from proxyd.pipeline import NOTHING, Pipeline, PluginError, Plan, Stage
 from proxyd.testing import makeFlow, makeResponse
 
 TIMEOUT = 10.0
@@ -151,7 +151,8 @@ class OrderTests(PipelineTestCase):
         plan = self.successResultOf(pipeline.runRequestHead(makeFlow()))
         self.assertEqual(self.calls, [("a", "requestHead"), ("b", "requestHead"), ("c", "requestHead")])
         self.assertIsNone(plan.response)
-        self.assertEqual(plan.steps, [])
+        self.assertEqual(list(plan.steps), [])
+        self.assertIs(plan, NOTHING, "a round that asks for nothing shares one empty Plan")
 
     def test_responseHooksInOrder(self):
         """responseHead runs once per stage, in --plugin order, seeing flow.response."""

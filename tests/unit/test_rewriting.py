@@ -371,3 +371,27 @@ class HeldResponseTests(SynchronousTestCase):
         slow.pending[0].callback(None)
         self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK\r\n"))
         self.assertTrue(client.disconnecting)
+
+
+class CommonPathTests(SynchronousTestCase):
+    """What the usual exchange with a head-only plugin costs (the bench's forward GET)."""
+
+    def test_instanceAttributesWithinSharedKeys(self):
+        """
+        A GET through a head-only plugin sets at most 29 attributes on its
+        exchange: CPython (3.11+) shares one key table per class for up to
+        that many, and one more makes every such exchange build a dict of
+        its own, with slower attribute access from then on.  New per-exchange
+        state on the common path belongs in class defaults, or on the rare
+        paths that need it.
+        """
+        proxy = FakeProxy(rewriters=[AddHeader(), TagResponse()])
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        exchange = channel.exchange
+        upstream, upT = proxy.acceptUpstream()
+        upstream.dataReceived(OK)
+        self.assertIn(b"X-Tag: t\r\n", client.value())
+        self.assertTrue(exchange.done)
+        names = sorted(vars(exchange))
+        self.assertLessEqual(len(names), 29, names)
