@@ -159,7 +159,12 @@ def _viewDirect(wire, excluded, keep, host):
 
 
 def _viewPublic(wire, excluded, keep, host):
-    """L{_viewDirect} through the public API of L{Headers}."""
+    """
+    L{_viewDirect} through the public API of L{Headers}: the fallback, and
+    the reference the start-up self-check compares it with.  The filtering
+    loop is written out in both on purpose: shared through a helper, it
+    cost the plugin path about 5% (bench/pluginloop.py 0.77-0.78 -> 0.71-0.73).
+    """
     headers = Headers()
     if host is not None:
         headers.addRawHeader(b"Host", host)
