@@ -7,9 +7,8 @@ Heads are shown to the request and response hooks while the other side
 waits (the client's body stays queued in its reader, the upstream's
 reader is paused).  Bodies stream by default; they are held whole only
 for plugins that asked (READ_BODY), and only up to --max-body-buffer.
-Whatever body is finally sent, proxyd frames it itself: Content-Length for
-a whole body, the original length for length-keeping filters, chunked
-otherwise.
+Whatever body is finally sent, proxyd frames it itself (the rules are
+L{proxyd.reframing}'s).
 """
 
 from twisted.logger import Logger
@@ -18,17 +17,13 @@ from proxyd import h1
 from proxyd.exchange import HttpExchange
 from proxyd.urls import DEFAULT_PORTS, formatAuthority, splitURL
 from proxyd.errors import ProxyError, statusPhrase
-from proxyd.forwarded import replaceForwarding
-from proxyd.headers import FRAMING, addVia, requestHeaders, requestWirePairs, responseHeaders, wirePairs
+from proxyd.headers import requestHeaders, responseHeaders, wirePairs
 from proxyd.message import Flow, Request, Response
 from proxyd.hooks import isDeferred
 from proxyd.pipeline import NOTHING, PluginError
+from proxyd.reframing import streamedResponseFraming, upstreamRequestHead, wholeResponseFraming
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def _bodyless(method, status):
-    return method == b"HEAD" or status in (204, 304) or 100 <= status < 200
 
 
 class PluginExchange(HttpExchange):
@@ -226,12 +221,12 @@ class PluginExchange(HttpExchange):
             hostHeader = newAuthority
             request.headers.setRawHeaders(b"Host", [hostHeader])
         if scheme == b"https":
-            sameName = self.tlsName is not None and host == self.host
-            self.tlsName = self.tlsName if sameName else host
-            self.key = ("https", host, port, self.tlsName)
+            # The name TLS checks stays the intercepted one for the same host.
+            self.tlsName = self.tlsName if self.tlsName is not None and host == self.host else host
         else:
             self.tlsName = None
-            self.key = (host, port)
+        # As HttpExchange.__init__ makes it: the pool's key for this upstream.
+        self.key = (host, port) if self.tlsName is None else ("https", host, port, self.tlsName)
         self.host, self.port, self.path, self.hostHeader = host, port, path, hostHeader
 
     # Request body
@@ -292,25 +287,12 @@ class PluginExchange(HttpExchange):
     # Upstream request
 
     def _requestHeadBytes(self):
-        request = self.flow.request
-        head = self.head
-        headers, self.upgrading = requestWirePairs(request.headers, request.method)
-        headers.insert(0, (b"Host", self.hostHeader))
-        if self.upgrading:
-            headers.append((b"Connection", b"upgrade"))
-        if self.wholeBody is not None:
-            headers.append((b"Content-Length", b"%d" % (len(self.wholeBody),)))
-        elif head.framing != h1.NO_BODY:
-            filters = self.requestFilters or ()
-            if head.framing == h1.LENGTH and all(f.keepsLength for _, f in filters):
-                headers.append((b"Content-Length", b"%d" % (head.length,)))
-            else:
-                headers.append((b"Transfer-Encoding", b"chunked"))
-                self.upstreamChunked = True
-        if self.forwarding is not None:
-            headers = replaceForwarding(headers, *self.forwarding)
-        addVia(headers, head.version)
-        return h1.serializeHead(request.method + b" " + self.path + b" HTTP/1.1", headers)
+        data, self.upgrading, chunked = upstreamRequestHead(
+            self.flow.request, self.head, self.path, self.hostHeader, self.wholeBody, self.requestFilters, self.forwarding
+        )
+        if chunked:
+            self.upstreamChunked = True
+        return data
 
     def _rewrittenSendBodyStart(self, conn):
         if self.wholeBody is not None:
@@ -411,16 +393,10 @@ class PluginExchange(HttpExchange):
             self.responseFilters = filters
         self.status = response.status
         headers = wirePairs(response.headers)
-        framing = head.framing
-        if framing == h1.NO_BODY:
-            # HEAD and 304 responses keep the upstream's framing headers.
-            headers.extend((n, v) for (n, v) in head.headers if n.lower() in FRAMING)
-        elif framing == h1.LENGTH and (filters is None or all(f.keepsLength for _, f in filters)):
-            headers.append((b"Content-Length", b"%d" % (head.length,)))
-            if filters:
-                self.promisedLength = head.length
-        elif framing == h1.LENGTH:
-            framing = h1.CHUNKED
+        framingHeaders, framing, promised = streamedResponseFraming(head, filters)
+        headers += framingHeaders
+        if promised is not None:
+            self.promisedLength = promised
         self._sendHead(response.status, response.reason, headers, framing, head.version, framing != h1.NO_BODY)
 
     def _rewrittenUpstreamEvent(self, kind, value):
@@ -496,15 +472,11 @@ class PluginExchange(HttpExchange):
         response = self.flow.response
         if self.head.framing == h1.NO_BODY:
             self.requestDone = True  # its END is queued behind the head
-        body = response.body or b""
         self.responseStarted = True
         self.status = response.status
         headers = wirePairs(response.headers)
-        method = self.flow.request.method
-        if not (response.status in (204, 304) or 100 <= response.status < 200):
-            headers.append((b"Content-Length", b"%d" % (len(body),)))
-        if _bodyless(method, response.status):
-            body = b""
+        framingHeaders, body = wholeResponseFraming(self.flow.request.method, response.status, response.body or b"")
+        headers += framingHeaders
         if self.upstream is not None:
             self._upstreamGone()
         self._sendHead(response.status, response.reason, headers, h1.LENGTH, b"1.1", False)
