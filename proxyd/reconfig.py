@@ -41,10 +41,12 @@ class Reload:
     @ivar config: the L{proxyd.config.ProxyConfig} to run with.
     @ivar restartOnly: option names that changed but keep their running
         value until a restart.
+    @ivar values: the option values C{config} was built from.
     """
 
     config: object
     restartOnly: tuple
+    values: dict
 
 
 class Reloader:
@@ -62,7 +64,6 @@ class Reloader:
         self._options = options
         self._reactor = reactor
         self._running = running
-        self._pending = running
 
     @property
     def configFile(self):
@@ -78,31 +79,26 @@ class Reloader:
             the value came from it; nothing has been changed.
         """
         values, sources, configFile = readValues(self._options)
-        restartOnly = []
-        for name in RESTART_ONLY:
-            if values.get(name) != self._running.get(name):
-                restartOnly.append(name)
-                if name in self._running:
-                    values[name] = self._running[name]
-                else:
-                    values.pop(name, None)
-                sources.pop(name, None)
-        tlsNames = ("tls-cert", "tls-key")
+
+        def keepRunningValue(name):
+            if name in self._running:
+                values[name] = self._running[name]
+            else:
+                values.pop(name, None)
+            sources.pop(name, None)
+
+        restartOnly = [name for name in RESTART_ONLY if values.get(name) != self._running.get(name)]
         if bool(values.get("tls-cert")) != (current.serverTLS is not None):
             # Turning TLS on or off re-wraps the listeners: a restart.
-            restartOnly.append("tls-cert")
-            for name in tlsNames:
-                if name in self._running:
-                    values[name] = self._running[name]
-                else:
-                    values.pop(name, None)
+            restartOnly += ["tls-cert", "tls-key"]
+        for name in restartOnly:
+            keepRunningValue(name)
         config = build(values, sources, self._reactor, configFile, previous=current)
-        self._pending = values
-        return Reload(config, tuple(restartOnly))
+        return Reload(config, tuple(name for name in restartOnly if name != "tls-key"), values)
 
     def applied(self, reload):
-        """The L{Reload} from the last L{read} is now running."""
-        self._running = self._pending
+        """C{reload} (from L{read}) is now running: later reads compare with it."""
+        self._running = reload.values
 
 
 def keepRunning(current, config):

@@ -169,7 +169,7 @@ class ProxyService(MultiService):
             L{serverFromString} unless a test gives another.
         @param reloader: a L{proxyd.reconfig.Reloader} that reads the
             command line and config file again on SIGHUP; without one,
-            SIGHUP re-reads the certificate files only.
+            SIGHUP only reopens the access log.
         """
         MultiService.__init__(self)
         self._reactor = reactor
@@ -301,23 +301,10 @@ class ProxyService(MultiService):
             notifier.reloading()
         if self.reloader is not None:
             self._reloadConfig()
-        elif self.config.serverTLS is not None:
-            self._reloadCertificates()
         if self.accessLog is not None:
             self.accessLog.reopen()
         if notifier is not None:
             notifier.ready()
-
-    def _reloadCertificates(self):
-        from proxyd.tlsserver import TLSConfigError
-
-        serverTLS = self.config.serverTLS
-        try:
-            serverTLS.reload()
-        except TLSConfigError as e:
-            self._log.error("SIGHUP: certificates not reloaded, the old ones stay: {why}", why=str(e))
-        else:
-            self._log.info("SIGHUP: certificates reloaded ({names})", names=", ".join(serverTLS.names))
 
     def _reloadConfig(self):
         from proxyd.reconfig import ConfigError, adoptListenerTLS, keepRunning
